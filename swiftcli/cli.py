@@ -1,0 +1,77 @@
+"""The `swift` command. Each subcommand is one line: flags -> argument dataclass -> run_<cmd>(args)."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from .arguments import InferArguments
+from .cli_args import command_from_dataclass
+from .errors import SwiftError
+
+app = typer.Typer(name="swift", help="Inference, serving, export and fine-tuning of LLMs, from one command.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+def _run_infer(args: InferArguments) -> None:
+    from .infer import run_infer
+
+    run_infer(args)
+
+
+command_from_dataclass(app, "infer", InferArguments, _run_infer,
+                       "Chat with a model in the terminal (a pipe feeds it one query per line).")
+
+
+@app.command("list-models")
+def list_models() -> None:
+    """List the registered model types with their hub ids and templates."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .registry import MODEL_MAPPING
+
+    table = Table("model_type", "template", "ModelScope id", "Hugging Face id", "quant")
+    for meta in MODEL_MAPPING.values():
+        table.add_row(meta.model_type, meta.template, meta.ms_model_id or "", meta.hf_model_id or "",
+                      meta.quant_method or "")
+    Console().print(table)
+
+
+def setup_logging() -> None:
+    level = os.environ.get("SWIFT_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=logging.WARNING, format="[%(levelname)s] %(message)s", stream=sys.stderr)
+    logging.getLogger("swiftcli").setLevel(level)
+    for noisy in ("transformers", "huggingface_hub", "modelscope"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-"):
+        argv[0] = argv[0].replace("_", "-")  # ms-swift accepts app_ui and app-ui
+    setup_logging()
+    command = typer.main.get_command(app)
+    try:
+        code = command.main(args=argv, prog_name="swift", standalone_mode=False)
+    except typer.Abort:
+        raise SystemExit(130) from None
+    except typer.TyperException as e:  # click's usage errors (typer vendors click)
+        if getattr(e, "option_name", None):
+            hint = f" Did you mean {e.possibilities[0]}?" if getattr(e, "possibilities", None) else ""
+            print(f"swift: error: unknown flag {e.option_name}.{hint}", file=sys.stderr)
+        else:
+            print(f"swift: error: {e.format_message()}", file=sys.stderr)
+        raise SystemExit(getattr(e, "exit_code", 2)) from None
+    except SwiftError as e:
+        print(f"swift: error: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else 0)

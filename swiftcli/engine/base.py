@@ -1,0 +1,78 @@
+"""The one engine interface. The pt and vLLM engines implement it; the REPL, server, UI and evaluation use only it."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+from ..errors import ContextLengthError, ModelNotFoundError
+from ..protocol import InferRequest, InferResponse, RequestConfig, StreamDelta
+from ..template import Encoded, Template
+
+
+@dataclass
+class EngineInfo:
+    """What the banner, /v1/models and the UI header show."""
+
+    model_type: str
+    model_dir: str
+    backend: str
+    dtype: str
+    max_model_len: int
+    adapters: dict[str, str] = field(default_factory=dict)
+
+
+class InferEngine(ABC):
+    template: Template
+    info: EngineInfo
+    default_config: RequestConfig
+    """Sampling defaults from the model's generation_config overlaid with the command line."""
+
+    @abstractmethod
+    def infer(self, requests: list[InferRequest], config: RequestConfig | None = None,
+              use_tqdm: bool = False) -> list[InferResponse]:
+        """All requests to completion, batched."""
+
+    @abstractmethod
+    def infer_stream(self, request: InferRequest, config: RequestConfig | None = None) -> Iterator[StreamDelta]:
+        """One request, delta by delta. Closing the iterator aborts the generation."""
+
+    async def infer_async(self, request: InferRequest, config: RequestConfig | None = None) -> InferResponse:
+        """One request without blocking the event loop (servers); engines with real async override this."""
+        import asyncio
+
+        return (await asyncio.to_thread(self.infer, [request], config))[0]
+
+    async def infer_stream_async(self, request: InferRequest,
+                                 config: RequestConfig | None = None) -> AsyncIterator[StreamDelta]:
+        import asyncio
+
+        it = self.infer_stream(request, config)
+        done = object()
+        try:
+            while (delta := await asyncio.to_thread(next, it, done)) is not done:
+                yield delta
+        finally:
+            it.close()
+
+    # ---- shared by engines -----------------------------------------------------------------------------------
+    def encode(self, request: InferRequest) -> Encoded:
+        if request.adapter is not None and request.adapter not in self.info.adapters:
+            raise ModelNotFoundError(f"unknown adapter {request.adapter!r}; loaded: {list(self.info.adapters)}")
+        if request.prompt is not None:
+            return self.template.encode_prompt(request.prompt)
+        return self.template.encode(request.messages)
+
+    def resolve_config(self, config: RequestConfig | None, prompt_tokens: int) -> RequestConfig:
+        """Defaults filled in, max_tokens clipped to the context (vLLM's rule when it is not given)."""
+        if config is not None:
+            stop = self.default_config.stop + [s for s in config.stop if s not in self.default_config.stop]
+            config = self.default_config.replace(**{**vars(config), "stop": stop})
+        else:
+            config = self.default_config
+        room = self.info.max_model_len - prompt_tokens
+        if room <= 0:
+            raise ContextLengthError(prompt_tokens, self.info.max_model_len)
+        if config.max_tokens is None:
+            return config.replace(max_tokens=room)
+        return config if config.max_tokens <= room else config.replace(max_tokens=room)

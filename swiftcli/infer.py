@@ -1,0 +1,174 @@
+"""`swift infer`: the interactive chat REPL (ms-swift's commands and prompts), also fed line by line by a pipe."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from .arguments import InferArguments
+from .engine import InferEngine, get_engine
+from .errors import SwiftError
+from .protocol import History, InferRequest, RequestConfig
+
+logger = logging.getLogger("swiftcli")
+SEPARATOR = "-" * 50
+HELP_LINES = [
+    "Input `exit` or `quit` to exit the conversation.",
+    "Input `multi-line` to switch to multi-line input mode (end the input with a line ending in `#`).",
+    "Input `reset-system` to reset the system and clear the history.",
+    "Input `clear` to clear the history.",
+]
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def run_infer(args: InferArguments) -> None:
+    seed_everything(args.seed)
+    engine = get_engine(args)
+    print_banner(engine)
+    errors = run_repl(engine, args)
+    if errors and not sys.stdin.isatty():
+        raise SystemExit(2)
+
+
+def print_banner(engine: InferEngine) -> None:
+    info = engine.info
+    adapters = f", adapters: {', '.join(info.adapters)}" if info.adapters else ""
+    print(f"[swift] model: {info.model_type} ({info.model_dir}) | template: {engine.template.template_type} | "
+          f"backend: {info.backend} | dtype: {info.dtype} | context: {info.max_model_len}{adapters}",
+          file=sys.stderr, flush=True)
+
+
+def result_path(args: InferArguments) -> str:
+    root = args.result_dir or (args.ckpt_dir if args.ckpt_dir else ".")
+    return os.path.join(root, "infer_result", time.strftime("%Y%m%d-%H%M%S") + ".jsonl")
+
+
+@dataclass
+class ReplState:
+    system: str | None = None
+    history: History = field(default_factory=list)
+    multi_line: bool = False
+    reading_system: bool = False
+
+    @property
+    def prompt(self) -> str:
+        tags = ("M" if self.multi_line else "") + ("S" if self.reading_system else "")
+        return f"<<<[{tags}] " if tags else "<<< "
+
+
+def read_input(state: ReplState, stdin: TextIO, tty: bool) -> str:
+    """One query (or several lines up to one ending in '#' in multi-line mode). Raises EOFError at the end."""
+    lines: list[str] = []
+    prompt = state.prompt
+    while True:
+        if tty:
+            line = input(prompt)
+        else:
+            line = stdin.readline()
+            if not line:
+                if lines:
+                    return "\n".join(lines)
+                raise EOFError
+            line = line.rstrip("\n")
+        if not state.multi_line:
+            return line
+        if line.endswith("#"):
+            lines.append(line[:-1])
+            return "\n".join(lines)
+        lines.append(line)
+        prompt = ""
+
+
+def run_repl(engine: InferEngine, args: InferArguments, stdin: TextIO | None = None,
+             stdout: TextIO | None = None) -> int:
+    """The chat loop; returns how many turns failed."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    tty = stdin.isatty()
+    template = engine.template
+    if tty:
+        lines = HELP_LINES if template.support_multi_round else HELP_LINES[:3] + [
+            "The current template only supports single-round dialogues."]
+        print("\n".join(lines), file=sys.stderr)
+    save_to = result_path(args) if args.save_result else None
+    state, errors = ReplState(system=args.system), 0
+    while True:
+        try:
+            text = read_input(state, stdin, tty)
+        except EOFError:
+            if tty:
+                print(file=stdout)
+            return errors
+        except KeyboardInterrupt:
+            print(file=stdout)
+            continue
+        command = text.strip().lower()
+        if state.reading_system:
+            state.system, state.history, state.reading_system = (text or None), [], False
+            continue
+        if command in ("exit", "quit"):
+            return errors
+        if command == "clear":
+            state.history = []
+            continue
+        if command == "reset-system":
+            state.reading_system = True
+            continue
+        if command in ("multi-line", "single-line"):
+            state.multi_line = command == "multi-line"
+            continue
+        if not text.strip():
+            continue
+        response = answer(engine, args, state, text, stdout)
+        if response is None:
+            errors += 1
+            continue
+        if save_to:
+            save_turn(save_to, state, text, response)
+        state.history = state.history + [[text, response]] if template.support_multi_round else []
+
+
+def answer(engine: InferEngine, args: InferArguments, state: ReplState, query: str, stdout: TextIO) -> str | None:
+    """Print the reply (streamed or whole) and return it; None when it failed or was interrupted."""
+    request = InferRequest.from_query(query, state.history, state.system)
+    parts: list[str] = []
+    try:
+        if args.stream:
+            stream = engine.infer_stream(request, RequestConfig())
+            try:
+                for delta in stream:
+                    parts.append(delta.text)
+                    print(delta.text, end="", flush=True, file=stdout)
+            finally:
+                stream.close()  # aborts the generation when interrupted
+        else:
+            parts.append(engine.infer([request], RequestConfig())[0].text)
+            print(parts[0], end="", file=stdout)
+    except KeyboardInterrupt:
+        print(f"\n{SEPARATOR}", file=stdout, flush=True)
+        return None
+    except SwiftError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return None
+    print(f"\n{SEPARATOR}", file=stdout, flush=True)
+    return "".join(parts)
+
+
+def save_turn(path: str, state: ReplState, query: str, response: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"system": state.system, "query": query, "response": response, "history": state.history},
+                           ensure_ascii=False) + "\n")

@@ -1,0 +1,5 @@
+"""The seed tutorial's Python API (ms-swift 2.x names): `from swiftcli.llm import ...`."""
+from ..protocol import InferRequest, InferResponse, RequestConfig
+from ..registry import MODEL_MAPPING, ModelType, get_default_template_type, register_model
+from ..template import TEMPLATE_MAPPING, Template, TemplateType, get_template, register_template
+from ..model import get_model_tokenizer

