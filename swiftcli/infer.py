@@ -16,6 +16,7 @@ from .protocol import History, InferRequest, RequestConfig
 
 logger = logging.getLogger("swiftcli")
 SEPARATOR = "-" * 50
+COMMANDS = ("exit", "quit", "clear", "reset-system", "multi-line", "single-line")
 HELP_LINES = [
     "Input `exit` or `quit` to exit the conversation.",
     "Input `multi-line` to switch to multi-line input mode (end the input with a line ending in `#`).",
@@ -47,8 +48,9 @@ def run_infer(args: InferArguments) -> None:
 def print_banner(engine: InferEngine) -> None:
     info = engine.info
     adapters = f", adapters: {', '.join(info.adapters)}" if info.adapters else ""
+    details = "".join(f" | {key}: {value}" for key, value in info.details.items())
     print(f"[swift] model: {info.model_type} ({info.model_dir}) | template: {engine.template.template_type} | "
-          f"backend: {info.backend} | dtype: {info.dtype} | context: {info.max_model_len}{adapters}",
+          f"backend: {info.backend} | dtype: {info.dtype} | context: {info.max_model_len}{adapters}{details}",
           file=sys.stderr, flush=True)
 
 
@@ -84,8 +86,8 @@ def read_input(state: ReplState, stdin: TextIO, tty: bool) -> str:
                     return "\n".join(lines)
                 raise EOFError
             line = line.rstrip("\n")
-        if not state.multi_line:
-            return line
+        if not state.multi_line or (not lines and line.strip().lower() in COMMANDS):
+            return line  # commands work as a single line in multi-line mode too
         if line.endswith("#"):
             lines.append(line[:-1])
             return "\n".join(lines)
@@ -132,7 +134,10 @@ def run_repl(engine: InferEngine, args: InferArguments, stdin: TextIO | None = N
             continue
         if not text.strip():
             continue
-        response = answer(engine, args, state, text, stdout)
+        try:
+            response = answer(engine, args, state, text, stdout)
+        except KeyboardInterrupt:  # a second Ctrl-C while the first one is being handled
+            response = None
         if response is None:
             errors += 1
             continue

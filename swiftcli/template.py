@@ -45,6 +45,10 @@ class Template:
     """Replaces `prefix` when there is a system prompt; None means the template takes no system prompt."""
     default_system: str | None = None
     response: str = "{{RESPONSE}}"
+    auto_add_bos: bool = False
+    """Start with the bos token when the tokenizer adds one by itself (ms-swift's `auto_add_bos`)."""
+    strip_content: bool = False
+    """Strip whitespace around the system, queries and replies, as the official jinja does (`| trim`)."""
     is_generation: bool = False
     """Base models: no chat form, served through completions."""
     tokenizer: Any = field(default=None, repr=False)
@@ -68,11 +72,21 @@ class Template:
             text = text.replace("{{" + key + "}}", value)
         return text
 
+    def _clean(self, text: str, role: str, after_system: bool = False) -> str:
+        """A message's content as the template writes it (`after_system`: the first query, right after a system)."""
+        return text.strip() if self.strip_content else text
+
+    def _adds_bos(self) -> bool:
+        tok = self.tokenizer
+        return (tok is not None and tok.bos_token_id is not None
+                and tok.bos_token_id in tok("", add_special_tokens=True)["input_ids"])
+
     def render(self, messages: Messages) -> tuple[str, list[tuple[int, int]]]:
         """Text of the conversation, and the (start, end) character spans that carry the loss.
 
         Messages ending with a user turn render the generation prompt; ending with an assistant turn they render
-        the full conversation with the suffix (training).
+        the full conversation with the suffix (training). A span covers a reply and the end token right after it
+        (`<|im_end|>`, or `<|user|>` where the next query starts with it), not the rest of the separator.
         """
         messages = normalize_messages(messages)
         system = messages[0]["content"] if messages[0]["role"] == "system" else self.default_system
@@ -81,23 +95,31 @@ class Template:
             raise ArgumentError(f"template {self.template_type!r} does not take a system prompt")
         if len(turns) > 2 and not self.support_multi_round:
             raise ArgumentError(f"template {self.template_type!r} supports single-round dialogues only")
-        text = self._fill(self.system_prefix, SYSTEM=system) if system else self._fill(self.prefix)
-        spans: list[tuple[int, int]] = []
+        text = self._fill("{{BOS}}") if self.auto_add_bos and self._adds_bos() else ""
+        if system:
+            text += self._fill(self.system_prefix, SYSTEM=self._clean(system, "system"))
+        else:
+            text += self._fill(self.prefix)
+        replies: list[tuple[int, int]] = []
         for i in range(0, len(turns), 2):
-            text += self._fill(self.prompt, QUERY=turns[i]["content"])
+            query = self._clean(turns[i]["content"], "user", after_system=bool(system) and i == 0)
+            text += self._fill(self.prompt, QUERY=query)
             if i + 1 == len(turns):
                 break
-            reply = self._fill(self.response, RESPONSE=turns[i + 1]["content"])
-            end_text = self._fill(self.suffix if i + 2 == len(turns) else self.chat_sep)
-            end_token = self._fill(self.suffix).strip()
             start = len(text)
-            text += reply + end_text
-            # The reply and the end token right after it are learned; the rest of the separator is not.
-            stop = start + len(reply)
-            if end_token and end_text.lstrip().startswith(end_token):
-                stop += len(end_text) - len(end_text.lstrip()) + len(end_token)
-            spans.append((start, stop))
-        return text, spans
+            text += self._fill(self.response, RESPONSE=self._clean(turns[i + 1]["content"], "assistant"))
+            replies.append((start, len(text)))
+            text += self._fill(self.suffix if i + 2 == len(turns) else self.chat_sep)
+        end_token = self._fill(self.suffix).strip()
+        return text, [(start, self._past_end_token(text, stop, end_token)) for start, stop in replies]
+
+    @staticmethod
+    def _past_end_token(text: str, stop: int, end_token: str) -> int:
+        """Where the learned part of a reply ends: after `end_token` if it comes next (spaces between are kept)."""
+        at = stop
+        while at < len(text) and text[at].isspace():
+            at += 1
+        return at + len(end_token) if end_token and text.startswith(end_token, at) else stop
 
     # ---- encoding --------------------------------------------------------------------------------------------
     def encode(self, query: str | Messages, history: History | None = None, system: str | None = None) -> Encoded:
@@ -143,6 +165,16 @@ class Template:
         return ids
 
 
+class Llama2Template(Template):
+    """Llama-2-chat: its jinja strips `<<SYS>>\n{system}\n<</SYS>>\n\n{first query}` as one string, so the system
+    keeps its whitespace and that first query loses only its trailing whitespace; other messages are stripped."""
+
+    def _clean(self, text: str, role: str, after_system: bool = False) -> str:
+        if role == "system":
+            return text
+        return text.rstrip() if after_system else text.strip()
+
+
 class AutoTemplate(Template):
     """The tokenizer's own `chat_template` (jinja), for models whose template has logic of its own."""
 
@@ -157,29 +189,40 @@ class AutoTemplate(Template):
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=not training)
         spans, pos = [], 0
         if training:  # find each reply in order; the end token is whatever the template put right after it
-            for m in messages:
+            end_tokens = [t for t in (self.suffix_token, tok.eos_token) if t]
+            for k, m in enumerate(messages):
                 if m["role"] != "assistant":
                     continue
-                start = text.find(m["content"], pos)
-                if start < 0:
-                    raise ArgumentError("the tokenizer's chat_template rewrites replies; cannot locate labels")
-                stop = start + len(m["content"])
-                eos = tok.eos_token or ""
-                for end_token in (t for t in (self.suffix_token, eos) if t):
-                    if text.startswith(end_token, stop):
-                        stop += len(end_token)
-                        break
+                start, stop = self._locate_reply(text, messages, k, pos)
+                stop = max(self._past_end_token(text, stop, end_token) for end_token in end_tokens)
                 spans.append((start, stop))
                 pos = stop
         return text, spans
 
+    def _locate_reply(self, text: str, messages: Messages, k: int, pos: int) -> tuple[int, int]:
+        """Character span of `messages[k]` (a reply) in `text`, searched after the prompt that precedes it.
+
+        Searching from the rendered prompt `messages[:k]` keeps a short reply ("4") from matching inside an
+        earlier query; templates that trim replies (Llama-3's `| trim`) are matched by the stripped text.
+        """
+        prompt = self.tokenizer.apply_chat_template(messages[:k], tokenize=False, add_generation_prompt=True)
+        if text.startswith(prompt):
+            pos = max(pos, len(prompt))
+        content = messages[k]["content"]
+        for needle in (content, content.strip()):
+            start = text.find(needle, pos)
+            if start >= 0:
+                return start, start + len(needle)
+        raise ArgumentError("the tokenizer's chat_template rewrites replies; cannot locate labels")
+
     @property
     def suffix_token(self) -> str | None:
+        """The end-of-turn token: one of the usual ones that the chat template writes (else that the vocab has)."""
         tok = self.tokenizer
-        for candidate in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
-            if candidate in tok.get_vocab():
-                return candidate
-        return None
+        vocab = tok.get_vocab()
+        candidates = [t for t in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>") if t in vocab]
+        used = [t for t in candidates if t in str(getattr(tok, "chat_template", None) or "")]
+        return (used or candidates or [None])[0]
 
     @property
     def stop_words(self) -> list[str]:
@@ -201,23 +244,28 @@ def register_template(template: Template, exist_ok: bool = False) -> None:
 
 
 for _t in [
+    # ms-swift 2.x's parts; where a model family ships an official jinja template, the ids equal it
+    # (tests/test_template.py holds those templates and checks every one).
     Template("default", prompt="### Human:\n{{QUERY}}\n\n### Assistant:\n", chat_sep="\n\n", suffix="{{EOS}}",
-             system_prefix="{{SYSTEM}}\n\n", default_system=DEFAULT_SYSTEM),
-    Template("default-generation", prompt="{{QUERY}}", suffix="{{EOS}}", is_generation=True),
-    Template("chatml", **_CHATML),
+             system_prefix="{{SYSTEM}}\n\n", default_system=DEFAULT_SYSTEM, auto_add_bos=True),
+    Template("default-generation", prompt="{{QUERY}}", suffix="{{EOS}}", auto_add_bos=True, is_generation=True),
+    Template("chatml", **_CHATML, auto_add_bos=True),
     Template("qwen", **_CHATML, default_system=DEFAULT_SYSTEM),
     Template("qwen2_5", **_CHATML,
              default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
-    Template("yi", **_CHATML),
+    # Yi's official jinja writes the system prompt bare, with no `<|im_start|>system` block (ms-swift wraps it).
+    Template("yi", **{**_CHATML, "system_prefix": "{{SYSTEM}}"}, auto_add_bos=True),
     Template("smollm2", **_CHATML,
              default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face"),
-    Template("llama", prefix="{{BOS}}[INST] ", prompt="{{QUERY}} [/INST]", response=" {{RESPONSE}}",
-             chat_sep=" {{EOS}}{{BOS}}[INST] ", suffix=" {{EOS}}",
-             system_prefix="{{BOS}}[INST] <<SYS>>\n{{SYSTEM}}\n<</SYS>>\n\n", default_system=LLAMA_DEFAULT_SYSTEM),
+    Llama2Template("llama", prefix="{{BOS}}[INST] ", prompt="{{QUERY}} [/INST]", response=" {{RESPONSE}}",
+                   chat_sep=" {{EOS}}{{BOS}}[INST] ", suffix=" {{EOS}}",
+                   system_prefix="{{BOS}}[INST] <<SYS>>\n{{SYSTEM}}\n<</SYS>>\n\n",
+                   default_system=LLAMA_DEFAULT_SYSTEM),
     Template("llama3", prefix="<|begin_of_text|>",
              prompt=_LLAMA3_HEADER.format("user") + "{{QUERY}}<|eot_id|>" + _LLAMA3_HEADER.format("assistant"),
              chat_sep="<|eot_id|>", suffix="<|eot_id|>",
-             system_prefix="<|begin_of_text|>" + _LLAMA3_HEADER.format("system") + "{{SYSTEM}}<|eot_id|>"),
+             system_prefix="<|begin_of_text|>" + _LLAMA3_HEADER.format("system") + "{{SYSTEM}}<|eot_id|>",
+             strip_content=True),
     Template("chatglm3", prefix="[gMASK]sop", prompt="<|user|>\n{{QUERY}}<|assistant|>\n", chat_sep="",
              suffix="<|user|>", system_prefix="[gMASK]sop<|system|>\n{{SYSTEM}}"),
     AutoTemplate("auto", chat_sep="", system_prefix=""),

@@ -3,3 +3,5 @@ from ..protocol import InferRequest, InferResponse, RequestConfig
 from ..registry import MODEL_MAPPING, ModelType, get_default_template_type, register_model
 from ..template import TEMPLATE_MAPPING, Template, TemplateType, get_template, register_template
 from ..model import get_model_tokenizer
+from ..infer import seed_everything
+from .pt_api import inference, inference_stream

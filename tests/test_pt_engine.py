@@ -1,0 +1,104 @@
+"""The transformers engine on the real default model: answers, batching, streaming, sampling, LoRA, limits."""
+from __future__ import annotations
+
+import pytest
+
+from swiftcli.errors import ContextLengthError, ModelNotFoundError
+from swiftcli.protocol import InferRequest, RequestConfig
+
+GREEDY = RequestConfig(max_tokens=48, temperature=0)
+
+
+def ask(query: str, **kw) -> InferRequest:
+    return InferRequest.from_query(query, **kw)
+
+
+def test_greedy_answer_names_paris(pt_engine):
+    [resp] = pt_engine.infer([ask("What is the capital of France?")], GREEDY)
+    assert "Paris" in resp.text
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.usage.prompt_tokens == len(pt_engine.encode(ask("What is the capital of France?")).input_ids)
+    assert resp.usage.completion_tokens == len(resp.choices[0].token_ids) > 0
+
+
+def test_batch_of_mixed_lengths_equals_one_by_one(pt_engine):
+    queries = ["Hi", "What is the capital of France?",
+               "Write one sentence about the sea, the sky and the mountains of Norway in winter.", "2+2="]
+    batched = [r.text for r in pt_engine.infer([ask(q) for q in queries], GREEDY)]
+    single = [pt_engine.infer([ask(q)], GREEDY)[0].text for q in queries]
+    assert batched == single
+    assert len(set(batched)) == len(queries)
+
+
+@pytest.mark.parametrize("query", ["Tell me about the Eiffel Tower.", "Repeat exactly: 北京是中国的首都，历史悠久。"])
+def test_stream_equals_non_stream(pt_engine, query):
+    config = RequestConfig(max_tokens=40, temperature=0)
+    full = pt_engine.infer([ask(query)], config)[0]
+    deltas = list(pt_engine.infer_stream(ask(query), config))
+    text = "".join(d.text for d in deltas)
+    assert text == full.text
+    assert "\ufffd" not in text and all("\ufffd" not in d.text for d in deltas)
+    assert deltas[-1].usage.completion_tokens == full.usage.completion_tokens
+    assert [d.finish_reason for d in deltas if d.finish_reason] == [full.choices[0].finish_reason]
+
+
+def test_chinese_stream_is_valid_utf8_piece_by_piece(pt_engine):
+    deltas = [d.text for d in pt_engine.infer_stream(ask("Repeat exactly: 春天来了，花开了。"), RequestConfig(max_tokens=30))]
+    assert "春天来了，花开了。" in "".join(deltas)
+    assert len(deltas) > 3  # really streamed, not one final piece
+    for piece in deltas:
+        piece.encode("utf-8", errors="strict")
+        assert "\ufffd" not in piece
+
+
+def test_seed_makes_sampling_reproducible(pt_engine):
+    config = RequestConfig(max_tokens=24, temperature=1.0, top_p=0.95, seed=1234)
+    a = pt_engine.infer([ask("Tell me a short story.")], config)[0].text
+    b = pt_engine.infer([ask("Tell me a short story.")], config)[0].text
+    c = pt_engine.infer([ask("Tell me a short story.")], config.replace(seed=99))[0].text
+    assert a == b
+    assert a != c
+
+
+def test_n_choices_and_length_finish(pt_engine):
+    config = RequestConfig(max_tokens=5, temperature=1.0, seed=7, n=2)
+    resp = pt_engine.infer([ask("Tell me a story about a dragon.")], config)[0]
+    assert [c.index for c in resp.choices] == [0, 1]
+    assert all(c.finish_reason == "length" and len(c.token_ids) == 5 for c in resp.choices)
+    assert resp.usage.completion_tokens == 10
+
+
+def test_stop_word_cuts_the_reply(pt_engine):
+    full = pt_engine.infer([ask("What is the capital of France?")], GREEDY)[0].text
+    assert "Paris" in full
+    cut = pt_engine.infer([ask("What is the capital of France?")], GREEDY.replace(stop=["Paris"]))[0]
+    assert cut.text == full[:full.index("Paris")]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_lora_adapter_changes_output_per_request(pt_engine):
+    base, lora = pt_engine.infer([ask("What is the capital of France?"),
+                                  ask("What is the capital of France?", adapter="my_lora")], GREEDY)
+    assert "Paris" in base.text
+    assert lora.text != base.text
+    alone = pt_engine.infer([ask("What is the capital of France?", adapter="my_lora")], GREEDY)[0]
+    assert alone.text == lora.text  # a mixed batch routes each row to its own adapter
+
+
+def test_unknown_adapter_is_rejected(pt_engine):
+    with pytest.raises(ModelNotFoundError, match="unknown adapter"):
+        pt_engine.infer([ask("hi", adapter="nope")], GREEDY)
+
+
+def test_prompt_longer_than_context_is_a_clear_error(pt_engine):
+    long_query = "hello " * (pt_engine.info.max_model_len + 10)
+    with pytest.raises(ContextLengthError, match=str(pt_engine.info.max_model_len)):
+        pt_engine.infer([ask(long_query)], GREEDY)
+
+
+def test_lora_ckpt_dir_is_served_as_default_lora(lora_dir):
+    from swiftcli.arguments import InferArguments
+
+    args = InferArguments(ckpt_dir=lora_dir, infer_backend="pt")
+    assert args.adapters == {"default-lora": lora_dir}
+    assert args.is_lora_ckpt
