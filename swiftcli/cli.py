@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from .arguments import InferArguments
+from .arguments import DeployArguments, InferArguments
 from .cli_args import command_from_dataclass
 from .errors import SwiftError
 
@@ -23,6 +23,16 @@ def _run_infer(args: InferArguments) -> None:
 
 command_from_dataclass(app, "infer", InferArguments, _run_infer,
                        "Chat with a model in the terminal (a pipe feeds it one query per line).")
+
+
+def _run_deploy(args: DeployArguments) -> None:
+    from .server.deploy import run_deploy
+
+    run_deploy(args)
+
+
+command_from_dataclass(app, "deploy", DeployArguments, _run_deploy,
+                       "Serve a model behind an OpenAI-compatible API: chat, completions, LoRA adapters by name.")
 
 
 @app.command("list-models")

@@ -35,7 +35,8 @@ class RequestConfig:
         checks = [
             (self.max_tokens is None or self.max_tokens >= 1, "max_tokens", "must be >= 1"),
             (self.temperature is None or 0 <= self.temperature <= 2, "temperature", "must be in [0, 2]"),
-            (self.top_k is None or self.top_k == -1 or self.top_k >= 1, "top_k", "must be -1 or >= 1"),
+            (self.top_k is None or self.top_k >= -1, "top_k", "must be -1 or 0 (off) or >= 1"),
+            (self.seed is None or 0 <= self.seed < 2**63, "seed", "must be in [0, 2**63)"),
             (self.top_p is None or 0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
             (self.repetition_penalty is None or self.repetition_penalty > 0, "repetition_penalty", "must be > 0"),
             (-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]"),

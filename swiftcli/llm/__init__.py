@@ -5,3 +5,5 @@ from ..template import TEMPLATE_MAPPING, Template, TemplateType, get_template, r
 from ..model import get_model_tokenizer
 from ..infer import seed_everything
 from .pt_api import inference, inference_stream
+from .client import XRequestConfig, get_model_list_client, get_model_list_client_async, inference_client
+from .client import inference_client_async
