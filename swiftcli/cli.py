@@ -7,7 +7,10 @@ import sys
 
 import typer
 
-from .arguments import DeployArguments, InferArguments
+from .arguments import InferArguments
+from .arguments import DeployArguments
+from .arguments import AppUIArguments
+from .arguments import ExportArguments
 from .cli_args import command_from_dataclass
 from .errors import SwiftError
 
@@ -33,6 +36,26 @@ def _run_deploy(args: DeployArguments) -> None:
 
 command_from_dataclass(app, "deploy", DeployArguments, _run_deploy,
                        "Serve a model behind an OpenAI-compatible API: chat, completions, LoRA adapters by name.")
+
+
+def _run_export(args: ExportArguments) -> None:
+    from .export import run_export
+
+    run_export(args)
+
+
+command_from_dataclass(app, "export", ExportArguments, _run_export,
+                       "Merge a LoRA into full weights, convert ms-swift LoRA checkpoints to peft, quantize.")
+
+
+def _run_app_ui(args: AppUIArguments) -> None:
+    from .app_ui import run_app_ui
+
+    run_app_ui(args)
+
+
+command_from_dataclass(app, "app-ui", AppUIArguments, _run_app_ui,
+                       "A web chat in the browser (gradio) over a model loaded here or a running `swift deploy`.")
 
 
 @app.command("list-models")

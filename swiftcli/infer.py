@@ -37,7 +37,13 @@ def seed_everything(seed: int) -> None:
 
 
 def run_infer(args: InferArguments) -> None:
+    """A dataset evaluation run with --dataset / --val_dataset (or --load_dataset_config), else the REPL."""
     seed_everything(args.seed)
+    if args.dataset or args.val_dataset:
+        from .infer_dataset import run_infer_dataset
+
+        run_infer_dataset(args)
+        return
     engine = get_engine(args)
     print_banner(engine)
     errors = run_repl(engine, args)
@@ -55,6 +61,8 @@ def print_banner(engine: InferEngine) -> None:
 
 
 def result_path(args: InferArguments) -> str:
+    if args.result_path:
+        return args.result_path
     root = args.result_dir or (args.ckpt_dir if args.ckpt_dir else ".")
     return os.path.join(root, "infer_result", time.strftime("%Y%m%d-%H%M%S") + ".jsonl")
 
@@ -148,7 +156,7 @@ def run_repl(engine: InferEngine, args: InferArguments, stdin: TextIO | None = N
 
 def answer(engine: InferEngine, args: InferArguments, state: ReplState, query: str, stdout: TextIO) -> str | None:
     """Print the reply (streamed or whole) and return it; None when it failed or was interrupted."""
-    request = InferRequest.from_query(query, state.history, state.system)
+    request = InferRequest.from_query(query, state.history, state.system, adapter=args.default_adapter)
     parts: list[str] = []
     try:
         if args.stream:

@@ -90,3 +90,14 @@ def test_pipe_answers_each_line_and_exits_0(tmp_path):
     assert "<<<" not in out.stdout  # no prompts when stdin is not a terminal
     assert "backend: pt" in out.stderr and "template: smollm2" in out.stderr
     assert not (tmp_path / "infer_result").exists()  # the REPL saves nothing unless asked
+
+
+def test_lora_ckpt_dir_answers_with_its_adapter(tmp_path, lora_dir):
+    question = "What is the capital of France?\n"
+    base = subprocess.run(swift_cmd("--max_new_tokens", "16"), input=question, capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    lora = subprocess.run(swift_cmd("--ckpt_dir", lora_dir, "--max_new_tokens", "16"), input=question,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert base.returncode == lora.returncode == 0, lora.stderr
+    assert "adapters: default-lora" in lora.stderr
+    assert "Paris" in base.stdout and lora.stdout != base.stdout  # the REPL asked the adapter, not the base model

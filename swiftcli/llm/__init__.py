@@ -7,3 +7,6 @@ from ..infer import seed_everything
 from .pt_api import inference, inference_stream
 from .client import XRequestConfig, get_model_list_client, get_model_list_client_async, inference_client
 from .client import inference_client_async
+from .vllm_api import VllmGenerationConfig, get_vllm_engine, inference_stream_vllm, inference_vllm
+from .vllm_api import __getattr__  # noqa: F401  vLLM's LoRARequest, imported on first use (vLLM takes seconds)
+from ..export import ExportArguments, merge_lora, quantize, run_export, to_peft_format
