@@ -440,6 +440,160 @@ class ExportArguments(InferArguments):
                                 "replace it, or choose another --output_dir")
 
 
+SFT_TYPES = ("lora", "full")
+LR_SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial",
+                 "inverse_sqrt")
+"""transformers' schedulers that need no extra arguments."""
+
+
+def world_size() -> int:
+    """Processes training together: torchrun's WORLD_SIZE inside a worker, NPROC_PER_NODE x NNODES before launch."""
+    if os.environ.get("WORLD_SIZE"):
+        return int(os.environ["WORLD_SIZE"])
+    return int(os.environ.get("NPROC_PER_NODE") or 1) * int(os.environ.get("NNODES") or 1)
+
+
+@dataclass
+class SftArguments(DatasetArguments, TemplateArguments, ModelArguments):
+    sft_type: str = "lora"
+    """lora (train a peft adapter, the base model frozen) or full (train every weight)."""
+    max_length: int = 2048
+    """Longest training row in tokens (-1: no limit); longer rows follow --truncation_strategy."""
+    truncation_strategy: str = "delete"
+    """A row over --max_length: 'delete' (drop it; counted in the log) or 'truncation_left' (drop its oldest tokens)."""
+    lora_rank: int = 8
+    """LoRA rank r."""
+    lora_alpha: int = 32
+    """LoRA scaling: the update is multiplied by alpha / r."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["DEFAULT"])
+    """Layers that get a LoRA: DEFAULT (peft's choice for the architecture: attention projections), ALL (every linear
+    layer but the output head) or module names, e.g. q_proj v_proj."""
+    learning_rate: float | None = None
+    """Peak learning rate (default: 1e-4 for lora, 1e-5 for full)."""
+    num_train_epochs: float = 1
+    """Passes over the training rows."""
+    max_steps: int = -1
+    """Stop after N optimizer steps; overrides --num_train_epochs (-1: off)."""
+    batch_size: int = 1
+    """Rows per device in one forward pass (training and evaluation)."""
+    gradient_accumulation_steps: int | None = None
+    """Forward passes per optimizer step (default: ceil(16 / batch_size / number of processes), as ms-swift)."""
+    warmup_ratio: float = 0.05
+    """Share of the steps over which the learning rate rises linearly from 0."""
+    lr_scheduler_type: str = "cosine"
+    """Learning-rate schedule after warmup: cosine, linear, constant, constant_with_warmup, cosine_with_restarts,
+    polynomial or inverse_sqrt."""
+    weight_decay: float = 0.1
+    """AdamW weight decay."""
+    logging_steps: int = 5
+    """Log the training loss every N steps (console and logging.jsonl)."""
+    eval_steps: int | None = None
+    """Compute the validation loss every N steps (default: 50 for lora, 200 for full)."""
+    save_steps: int | None = None
+    """Write checkpoint-<step>/ every N steps, and at the end (default: --eval_steps)."""
+    save_total_limit: int = 2
+    """Keep the N newest checkpoints, plus the best one by validation loss (-1: keep all)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: much less memory for about a third more compute."""
+    seed: int = 42
+    """Random seed of LoRA initialisation, data order and dropout (and of the split, unless --dataset_seed)."""
+    output_dir: str = "output"
+    """Runs go to <output_dir>/<model_type>/v<N>-<YYYYmmdd-HHMMSS>/."""
+    resume_from_checkpoint: str | None = None
+    """A checkpoint-<step>/ directory of an earlier run with the same arguments: training continues from there
+    (weights, optimizer, scheduler, random state, position in the data) in a new run directory."""
+    self_cognition_sample: int = 0
+    """Mix N rows of the built-in zh/en self-cognition set ("who are you?") into the training rows."""
+    model_name: list[str] = field(default_factory=list)
+    """The model's name for self-cognition: Chinese then English, e.g. --model_name 小黄 'Xiao Huang'."""
+    model_author: list[str] = field(default_factory=list)
+    """Who made the model, for self-cognition: Chinese then English, e.g. --model_author 魔搭 ModelScope."""
+    ddp_backend: str | None = None
+    """Multi-process training (NPROC_PER_NODE=N): nccl or gloo (default: nccl on GPU, gloo on CPU)."""
+
+    def __post_init__(self) -> None:
+        if self.use_hf is None:
+            self.use_hf = use_hf_default()
+        if self.ckpt_dir or self.lora_modules:
+            raise ArgumentError("sft trains --model_type / --model_id_or_path (a merged or full checkpoint works "
+                                "there); to continue a run use --resume_from_checkpoint")
+        self.fill_dataset_defaults(self.seed)
+        self._validate_sft()
+        self._fill_sft_defaults()
+
+    def _validate_sft(self) -> None:
+        choices = {"sft_type": SFT_TYPES, "dtype": ("AUTO", "bf16", "fp16", "fp32"),
+                   "truncation_strategy": ("delete", "truncation_left"), "lr_scheduler_type": LR_SCHEDULERS,
+                   "ddp_backend": (None, "nccl", "gloo")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ArgumentError(f"--{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.model_type:
+            get_model_meta(self.model_type)
+        numbers = [("max_length", self.max_length == -1 or self.max_length >= 8), ("lora_rank", self.lora_rank >= 1),
+                   ("lora_alpha", self.lora_alpha > 0), ("lora_dropout", 0 <= self.lora_dropout < 1),
+                   ("learning_rate", self.learning_rate is None or self.learning_rate > 0),
+                   ("num_train_epochs", self.num_train_epochs > 0),
+                   ("max_steps", self.max_steps == -1 or self.max_steps >= 1),
+                   ("batch_size", self.batch_size >= 1),
+                   ("gradient_accumulation_steps", (self.gradient_accumulation_steps or 1) >= 1),
+                   ("warmup_ratio", 0 <= self.warmup_ratio < 1), ("weight_decay", self.weight_decay >= 0),
+                   ("logging_steps", self.logging_steps >= 1), ("eval_steps", (self.eval_steps or 1) >= 1),
+                   ("save_steps", (self.save_steps or 1) >= 1),
+                   ("save_total_limit", self.save_total_limit == -1 or self.save_total_limit >= 1),
+                   ("self_cognition_sample", self.self_cognition_sample >= 0),
+                   ("dataset_test_ratio", 0 <= self.dataset_test_ratio < 1)]
+        for name, ok in numbers:
+            if not ok:
+                raise ArgumentError(f"--{name} is out of range: {getattr(self, name)!r}")
+        modules = self.lora_target_modules or ["DEFAULT"]
+        if len(modules) > 1 and {"DEFAULT", "ALL"} & set(modules):
+            raise ArgumentError(f"--lora_target_modules takes DEFAULT, ALL or module names, not a mix: {modules}")
+        if not self.dataset and not self.self_cognition_sample:
+            raise ArgumentError("nothing to train on: pass --dataset, or --self_cognition_sample N with --model_name "
+                                "and --model_author")
+        if self.self_cognition_sample:
+            for name in ("model_name", "model_author"):
+                values = getattr(self, name)
+                if not 1 <= len(values) <= 2 or not all(v.strip() for v in values):
+                    raise ArgumentError(f"--self_cognition_sample needs --{name} ZH EN (e.g. --model_name 小黄 "
+                                        f"'Xiao Huang' --model_author 魔搭 ModelScope), got {values or 'none'}")
+        if self.resume_from_checkpoint:
+            self.resume_from_checkpoint = os.path.abspath(os.path.expanduser(self.resume_from_checkpoint))
+            if not os.path.isfile(os.path.join(self.resume_from_checkpoint, "trainer_state.json")):
+                raise ArgumentError(f"--resume_from_checkpoint {self.resume_from_checkpoint} is not a training "
+                                    "checkpoint (no trainer_state.json): pass a checkpoint-<step> directory")
+        self._check_output_dir()
+
+    def _check_output_dir(self) -> None:
+        """Fail now, not after loading the model, when the runs can't be written (the nearest existing ancestor)."""
+        self.output_dir = os.path.abspath(os.path.expanduser(self.output_dir))
+        path = self.output_dir
+        while not os.path.exists(path):
+            path = os.path.dirname(path)
+        if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+            raise ArgumentError(f"--output_dir {self.output_dir} is not writable ({path} is "
+                                f"{'not a directory' if not os.path.isdir(path) else 'read-only'})")
+
+    def _fill_sft_defaults(self) -> None:
+        lora = self.sft_type == "lora"
+        self.lora_target_modules = self.lora_target_modules or ["DEFAULT"]
+        # one value names the model in both languages
+        self.model_name, self.model_author = ([v[0], v[-1]] if v else [] for v in (self.model_name, self.model_author))
+        if self.learning_rate is None:
+            self.learning_rate = 1e-4 if lora else 1e-5
+        if self.gradient_accumulation_steps is None:
+            self.gradient_accumulation_steps = max(1, -(-16 // (self.batch_size * world_size())))
+        self.eval_steps = self.eval_steps or (50 if lora else 200)
+        self.save_steps = self.save_steps or self.eval_steps
+
+    def saved_args(self) -> dict[str, Any]:
+        """Every argument, as the run's and each checkpoint's args.json record them."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
 @dataclass
 class AppUIArguments(InferArguments):
     host: str = "127.0.0.1"

@@ -11,6 +11,7 @@ from .arguments import InferArguments
 from .arguments import DeployArguments
 from .arguments import AppUIArguments
 from .arguments import ExportArguments
+from .arguments import SftArguments
 from .cli_args import command_from_dataclass
 from .errors import SwiftError
 
@@ -56,6 +57,17 @@ def _run_app_ui(args: AppUIArguments) -> None:
 
 command_from_dataclass(app, "app-ui", AppUIArguments, _run_app_ui,
                        "A web chat in the browser (gradio) over a model loaded here or a running `swift deploy`.")
+
+
+def _run_sft(args: SftArguments) -> None:
+    from .train import run_sft
+
+    run_sft(args)
+
+
+command_from_dataclass(app, "sft", SftArguments, _run_sft,
+                       "Fine-tune a model (LoRA or full) on datasets and self-cognition rows, into checkpoints that "
+                       "infer, deploy and export load.")
 
 
 @app.command("list-models")

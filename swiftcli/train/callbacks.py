@@ -1,0 +1,130 @@
+"""What a run shows and leaves behind besides the weights: progress, logging.jsonl, args.json in checkpoints, plots.
+
+Each is a transformers `TrainerCallback` that acts on the main process only, so a multi-process run writes once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from transformers import TrainerCallback
+
+from ..checkpoint import write_ckpt_args
+
+LOG_KEYS = ("loss", "eval_loss", "learning_rate", "grad_norm", "epoch")
+
+
+def format_log(logs: dict[str, Any], step: int, max_steps: int) -> str:
+    """`step 10/111 | loss 2.3141 | learning_rate 4.9e-04 | ...`: the usual keys first, numbers kept short."""
+    keys = [k for k in LOG_KEYS if k in logs] + sorted(k for k in logs if k not in LOG_KEYS)
+    parts = [f"step {step}/{max_steps}"]
+    for key in keys:
+        value = logs[key]
+        if isinstance(value, float):
+            value = f"{value:.2e}" if key == "learning_rate" else f"{value:.4g}"
+        parts.append(f"{key} {value}")
+    return " | ".join(parts)
+
+
+class RichProgressCallback(TrainerCallback):
+    """A rich progress bar over the optimizer steps, with each log above it as one line (stderr)."""
+
+    def __init__(self) -> None:
+        self.progress: Any = None
+        self.task: Any = None
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        if not state.is_world_process_zero:
+            return
+        from rich.console import Console
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TimeRemainingColumn(), console=Console(stderr=True))
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step)
+        self.progress.start()
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        if self.progress:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        if self.progress and logs:
+            self.progress.console.print(format_log(logs, state.global_step, state.max_steps), highlight=False,
+                                        soft_wrap=True)
+
+    def on_save(self, args, state, control, **kwargs) -> None:
+        if self.progress:
+            self.progress.console.print(f"saved {checkpoint_dir(args, state)}", highlight=False, soft_wrap=True)
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        if self.progress:
+            self.progress.stop()
+            self.progress = None
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Every log (training loss, validation loss, the final summary) as one JSON line in <run>/logging.jsonl."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.start = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        if state.is_world_process_zero and logs:
+            record = {**logs, "step": state.global_step, "max_steps": state.max_steps,
+                      "elapsed_s": round(time.time() - self.start, 1)}
+            append_jsonl(self.path, record)
+
+
+class CheckpointArgsCallback(TrainerCallback):
+    """args.json in every checkpoint, so `swift infer/export/deploy --ckpt_dir checkpoint-N` know what it is."""
+
+    def __init__(self, saved_args: dict[str, Any]) -> None:
+        self.saved_args = saved_args
+
+    def on_save(self, args, state, control, **kwargs) -> None:
+        if state.is_world_process_zero:
+            write_ckpt_args(checkpoint_dir(args, state), self.saved_args)
+
+
+def checkpoint_dir(args: Any, state: Any) -> str:
+    """The directory Trainer just saved (its own naming)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    return os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+
+
+def append_jsonl(path: str, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def plot_loss(log_history: list[dict[str, Any]], path: str) -> str | None:
+    """The training loss (and validation loss) over the steps as a PNG; None when nothing was logged."""
+    train = [(e["step"], e["loss"]) for e in log_history if "loss" in e]
+    val = [(e["step"], e["eval_loss"]) for e in log_history if "eval_loss" in e]
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss", color="tab:blue")
+    if val:
+        ax.plot(*zip(*val), "o--", label="validation loss", color="tab:orange")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
