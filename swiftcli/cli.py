@@ -7,67 +7,40 @@ import sys
 
 import typer
 
-from .arguments import InferArguments
-from .arguments import DeployArguments
-from .arguments import AppUIArguments
-from .arguments import ExportArguments
-from .arguments import SftArguments
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+from .arguments import AppUIArguments, DeployArguments, ExportArguments, InferArguments, SftArguments
 from .cli_args import command_from_dataclass
 from .errors import SwiftError
 
 app = typer.Typer(name="swift", help="Inference, serving, export and fine-tuning of LLMs, from one command.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
-
-def _run_infer(args: InferArguments) -> None:
-    from .infer import run_infer
-
-    run_infer(args)
-
-
-command_from_dataclass(app, "infer", InferArguments, _run_infer,
-                       "Chat with a model in the terminal (a pipe feeds it one query per line).")
-
-
-def _run_deploy(args: DeployArguments) -> None:
-    from .server.deploy import run_deploy
-
-    run_deploy(args)
-
-
-command_from_dataclass(app, "deploy", DeployArguments, _run_deploy,
-                       "Serve a model behind an OpenAI-compatible API: chat, completions, LoRA adapters by name.")
+# name, arguments, runner ("module:function", imported on use so `swift --help` stays fast), help
+COMMANDS = [
+    ("infer", InferArguments, "infer:run_infer",
+     "Chat with a model in the terminal (a pipe feeds it one query per line)."),
+    ("deploy", DeployArguments, "server.deploy:run_deploy",
+     "Serve a model behind an OpenAI-compatible API: chat, completions, LoRA adapters by name."),
+    ("export", ExportArguments, "export:run_export",
+     "Merge a LoRA into full weights, convert ms-swift LoRA checkpoints to peft, quantize."),
+    ("app-ui", AppUIArguments, "app_ui:run_app_ui",
+     "A web chat in the browser (gradio) over a model loaded here or a running `swift deploy`."),
+    ("sft", SftArguments, "train:run_sft",
+     "Fine-tune a model (LoRA or full) on datasets and self-cognition rows, into checkpoints that infer, deploy and "
+     "export load."),
+]
 
 
-def _run_export(args: ExportArguments) -> None:
-    from .export import run_export
-
-    run_export(args)
-
-
-command_from_dataclass(app, "export", ExportArguments, _run_export,
-                       "Merge a LoRA into full weights, convert ms-swift LoRA checkpoints to peft, quantize.")
+def lazy_runner(target: str) -> Callable[[Any], Any]:
+    module, function = target.split(":")
+    return lambda args: getattr(importlib.import_module(f".{module}", __package__), function)(args)
 
 
-def _run_app_ui(args: AppUIArguments) -> None:
-    from .app_ui import run_app_ui
-
-    run_app_ui(args)
-
-
-command_from_dataclass(app, "app-ui", AppUIArguments, _run_app_ui,
-                       "A web chat in the browser (gradio) over a model loaded here or a running `swift deploy`.")
-
-
-def _run_sft(args: SftArguments) -> None:
-    from .train import run_sft
-
-    run_sft(args)
-
-
-command_from_dataclass(app, "sft", SftArguments, _run_sft,
-                       "Fine-tune a model (LoRA or full) on datasets and self-cognition rows, into checkpoints that "
-                       "infer, deploy and export load.")
+for _name, _cls, _target, _help in COMMANDS:
+    command_from_dataclass(app, _name, _cls, lazy_runner(_target), _help)
 
 
 @app.command("list-models")
