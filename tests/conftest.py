@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -46,3 +53,77 @@ def pt_engine(lora_dir: str):
     from swiftcli.engine import get_engine
 
     return get_engine(InferArguments(infer_backend="pt", dtype="fp32", lora_modules=[f"my_lora={lora_dir}"]))
+
+
+# ---- `swift deploy` / `swift app-ui` as the user runs them: a subprocess on a free loopback port ---------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def refuses_connections(port: int, within: float) -> bool:
+    """Whether the port stops accepting TCP connections within `within` seconds."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@dataclass
+class SwiftServer:
+    """A `swift <command> --port N` subprocess, its output in a log file."""
+
+    proc: subprocess.Popen
+    port: int
+    log: Path
+    ready_path: str
+    """The URL path that answers 200 once it serves (/health for deploy, / for app-ui)."""
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, api_key: str = "EMPTY"):
+        from openai import OpenAI
+
+        return OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=300)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self, timeout: float = 600) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"swift {self.proc.args[3]} exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url + self.ready_path, timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.25)
+        pytest.fail(f"swift {self.proc.args[3]} not ready after {timeout} s:\n{self.log_text()[-3000:]}")
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_swift(log_dir: Path, name: str, command: str, *flags: str, ready_path: str = "/health",
+                one_thread: bool = True, env: dict[str, str] | None = None) -> SwiftServer:
+    """`python -m swiftcli <command> --port <free> *flags`. one_thread: a single torch thread, since OpenMP threads
+    spinning against other processes on the 2 shared cores make every step several times slower."""
+    port, log = free_port(), log_dir / f"{name}.log"
+    env = {**os.environ, **({"OMP_NUM_THREADS": "1"} if one_thread else {}), **(env or {})}
+    cmd = [sys.executable, "-m", "swiftcli", command, "--port", str(port), *flags]
+    return SwiftServer(subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env), port, log,
+                       ready_path)

@@ -15,17 +15,13 @@ import importlib.util
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import SwiftServer, free_port, start_swift
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -105,12 +101,6 @@ class ScriptedEngine(InferEngine):
         except GeneratorExit:
             self.aborted.set()
             raise
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -217,55 +207,17 @@ def test_app_ui_arguments_are_validated(flags, word):
 
 
 # ---- the apps and the browser --------------------------------------------------------------------------------
-@dataclass
-class App:
-    proc: subprocess.Popen
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self, timeout: float = 600) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"swift app-ui exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url, timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        pytest.fail(f"swift app-ui not ready after {timeout} s:\n{self.log_text()[-3000:]}")
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
 @pytest.fixture(scope="module", autouse=True)
-def chat_app(tmp_path_factory) -> Iterator[App | None]:
+def chat_app(tmp_path_factory) -> Iterator[SwiftServer | None]:
     """`swift app-ui` on the default model, started before the first test so that its minute of loading overlaps
     the tests that need no model. --max_new_tokens 32 keeps answers short (the Stop test raises it in the page);
     --max_batch_size 1 makes a second tab's request wait in gradio's queue."""
     if browser_missing():
         yield None
         return
-    port, log = free_port(), tmp_path_factory.mktemp("app-ui") / "chat.log"
-    # One torch thread: OpenMP threads spinning against other processes on 2 shared cores slow every step.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    cmd = [sys.executable, "-m", "swiftcli", "app-ui", "--infer_backend", "pt", "--port", str(port),
-           "--max_new_tokens", "32", "--max_batch_size", "1"]
-    app = App(subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env), port, log)
+    app = start_swift(tmp_path_factory.mktemp("app-ui"), "chat", "app-ui", "--infer_backend", "pt",
+                      "--max_new_tokens", "32", "--max_batch_size", "1", ready_path="/",
+                      env={"GRADIO_ANALYTICS_ENABLED": "False"})
     yield app
     app.stop()
 

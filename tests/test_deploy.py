@@ -16,16 +16,14 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import make_lora
+from conftest import SwiftServer, free_port, make_lora, refuses_connections, start_swift
 from openai import (
     APIError,
     AsyncOpenAI,
@@ -52,59 +50,11 @@ HELLO = [{"role": "user", "content": "Hello! Who are you?"}]
 
 
 # ---- servers -------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Server:
-    proc: subprocess.Popen
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def client(self, api_key: str = "EMPTY") -> OpenAI:
-        return OpenAI(base_url=f"{self.url}/v1", api_key=api_key, max_retries=0, timeout=300)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_ready(self, timeout: float = 300) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"swift deploy exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.25)
-        pytest.fail(f"swift deploy not ready after {timeout} s:\n{self.log_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+Server = SwiftServer
 
 
 def start_server(log_dir: Path, name: str, *flags: str) -> Server:
-    port = free_port()
-    log = log_dir / f"{name}.log"
-    # One torch thread: the 2 CPU cores are shared, and OpenMP threads spinning against other processes' work
-    # make every step several times slower.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "swiftcli", "deploy", "--infer_backend", "pt", "--port", str(port), *flags]
-    proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-    return Server(proc, port, log)
+    return start_swift(log_dir, name, "deploy", "--infer_backend", "pt", *flags)
 
 
 def make_checkpoint(model_dir: str, path: Path, seed: int) -> Path:
@@ -737,17 +687,6 @@ def test_api_key_is_required_on_v1_routes(keyed_server):
         assert r.status == 200
 
 
-def refuses_connections(port: int, within: float) -> bool:
-    deadline = time.time() + within
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_sigterm_drains_the_in_flight_stream_then_exits_0(keyed_server):
     client = keyed_server.client(KEY)
     stream = iter(client.chat.completions.create(model="smol", messages=HELLO, max_tokens=48, stream=True,
@@ -758,3 +697,4 @@ def test_sigterm_drains_the_in_flight_stream_then_exits_0(keyed_server):
     rest = list(stream)
     assert rest[-1].choices[0].finish_reason == "length"
     assert keyed_server.proc.wait(60) == 0
+    assert "In-flight requests drained; exiting after SIGTERM." in keyed_server.log_text()

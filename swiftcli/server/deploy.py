@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import signal
+from types import FrameType
 
 import uvicorn
 
@@ -23,8 +24,11 @@ def run_deploy(args: DeployArguments) -> None:
     print_banner(engine)
     config = uvicorn.Config(create_app(engine, args), host=args.host, port=args.port, ssl_keyfile=args.ssl_keyfile,
                             ssl_certfile=args.ssl_certfile, access_log=False, log_level="info")
-    exit_zero_after_drain()
-    uvicorn.Server(config).run()
+    server = uvicorn.Server(config)
+    stopped_by = drain_on_signals(server)
+    engine.serve(server.serve())
+    if stopped_by:
+        logger.info("In-flight requests drained; exiting after %s.", signal.Signals(stopped_by[0]).name)
 
 
 def is_loopback(host: str) -> bool:
@@ -36,13 +40,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def exit_zero_after_drain() -> None:
-    """uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler installed before it. A handler
-    that returns turns that into a normal exit (code 0) instead of death by signal. Installed only now, so a signal
-    during model loading still stops the process at once."""
+def drain_on_signals(server: uvicorn.Server) -> list[int]:
+    """SIGTERM/SIGINT make uvicorn stop accepting and drain in-flight requests; the process then exits 0 (not by
+    the signal). Installed here, in the main thread, because the vLLM engine serves on its own loop's thread, where
+    uvicorn installs no handlers; installed only now, so a signal during model loading still stops at once.
+    Returns the list the signals received are appended to."""
+    received: list[int] = []
 
-    def drained(signum: int, frame: object) -> None:
-        logger.info("In-flight requests drained; exiting after %s.", signal.Signals(signum).name)
+    def handle(signum: int, frame: FrameType | None) -> None:
+        received.append(signum)
+        server.handle_exit(signum, frame)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, drained)
+        signal.signal(sig, handle)
+    return received
