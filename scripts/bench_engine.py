@@ -125,7 +125,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num_prompts", type=int, default=32)
     parser.add_argument("--output_len", type=int, default=128)
-    parser.add_argument("--dtype", default="bf16")
+    parser.add_argument("--dtype", default="fp32", help="AUTO, fp32, bf16, fp16 (bf16 is emulated, slow, on CPUs without AVX512-BF16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)

@@ -1,10 +1,17 @@
 """GPU proof of the pt engine at a real model size: batch-1 decode tok/s and MBU, batch-32 throughput vs HF generate.
 
-    python scripts/bench_gpu.py --tokenizer_dir <dir with tokenizer.json> [--config qwen2.5-1.5b]
+    python scripts/bench_gpu.py --tokenizer_dir <dir with tokenizer.json> [--config qwen2.5-1.5b] [--check]
 
+Side by side in one run: the pt engine's eager decode loop (`eager`), its static-KV-cache decode step replayed from
+CUDA graphs (`graphs`, the default on CUDA), the same step compiled with torch.compile before capture (`compiled`,
+`--torch_compile true`;
+`compiled_b1`: batch 1 in a graph of its own instead of padded to 2 rows), and HF `generate`. `--profile` prints
+the kernels of the compiled batch-1 step.
 The model is built from a config with random bf16 weights (speed does not depend on the values). Its vocabulary is
 the tokenizer's, so generated ids always decode. MBU = bytes read per decode step (weights + KV cache) x steps/s
-divided by the card's measured device-to-device copy bandwidth. Writes benchmarks/results/bench_gpu-<time>.json.
+divided by the card's measured device-to-device copy bandwidth. `--check` first compares greedy tokens of the
+static path (fp32, rows joining at different steps) with a cache-free greedy loop, and the compiled bf16 tokens with
+the eager path's by teacher forcing. Writes benchmarks/results/bench_gpu-<time>.json (and $OUT/bench_gpu.json).
 """
 from __future__ import annotations
 
@@ -19,17 +26,23 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+DEVICE = "cuda"  # scripts may point this elsewhere for a dry run of the script itself
+VARIANTS = {"eager": {"static_decode": False}, "graphs": {"static_decode": True, "compile": False},
+            "compiled": {"static_decode": True, "compile": True},  # batch 1 runs padded to a batch of 2
+            "compiled_b1": {"static_decode": True, "compile": True}}  # batch 1 in a bucket of its own
 CONFIGS = {  # Qwen2.5 shapes (vocabulary replaced by the tokenizer's)
     "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                          num_key_value_heads=2, tie_word_embeddings=True),
     "qwen2.5-7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                        num_key_value_heads=4, tie_word_embeddings=False),
+    "tiny": {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "tie_word_embeddings": True},  # a smoke test of this script
 }
 
 
 def copy_bandwidth() -> float:
     """Bytes/s of a large device-to-device copy (read + write counted)."""
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=DEVICE)
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
@@ -41,46 +54,116 @@ def copy_bandwidth() -> float:
     return 2 * src.numel() * reps / (time.perf_counter() - start)
 
 
-def build(config_name: str, tokenizer_dir: str):
-    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+def build_model(config_name: str, vocab_size: int, dtype: torch.dtype):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
+    config = Qwen2Config(vocab_size=vocab_size, max_position_embeddings=4096, **CONFIGS[config_name])
+    torch.manual_seed(0)
+    with torch.device(DEVICE):
+        return Qwen2ForCausalLM(config).to(dtype).eval()
+
+
+def make_engine(model, tokenizer, config_name: str, **kwargs):
     from swiftcli.engine.base import EngineInfo
     from swiftcli.engine.pt_engine import PtEngine
     from swiftcli.protocol import RequestConfig
     from swiftcli.template import get_template
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=4096, **CONFIGS[config_name])
-    torch.manual_seed(0)
-    with torch.device("cuda"):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16).eval()
-    template = get_template("chatml", tokenizer)
-    info = EngineInfo(config_name, "", "pt", "bfloat16", 4096)
-    return model, tokenizer, PtEngine(model, template, info, RequestConfig(temperature=0), max_batch_size=64)
+    info = EngineInfo(config_name, "", "pt", str(model.dtype).removeprefix("torch."), 4096)
+    return PtEngine(model, get_template("chatml", tokenizer), info, RequestConfig(temperature=0), max_batch_size=64,
+                    **kwargs)
 
 
-def run_engine(engine, batch: int, new_tokens: int) -> float:
+def generate(engine, queries: list[str], max_tokens: list[int], stagger: float = 0.0) -> list[list[int]]:
+    """Greedy token ids per query (ignore_eos); with stagger, each request joins that many seconds after the last."""
     from swiftcli.protocol import InferRequest, RequestConfig
 
-    requests = [InferRequest(messages=[{"role": "user", "content": f"Tell me about topic {i}."}]) for i in range(batch)]
-    config = RequestConfig(max_tokens=new_tokens, temperature=0, ignore_eos=True)
+    async def go() -> list:
+        tasks = []
+        for query, n in zip(queries, max_tokens):
+            request = InferRequest(messages=[{"role": "user", "content": query}])
+            config = RequestConfig(max_tokens=n, temperature=0, ignore_eos=True)
+            tasks.append(asyncio.create_task(engine.infer_async(request, config)))
+            await asyncio.sleep(stagger)
+        return await asyncio.gather(*tasks)
 
-    async def go() -> int:
-        responses = await asyncio.gather(*[engine.infer_async(r, config) for r in requests])
-        return sum(r.usage.completion_tokens for r in responses)
+    return [r.choices[0].token_ids for r in asyncio.run(go())]
 
-    asyncio.run(go())  # warm-up
+
+def run_engine(engine, batch: int, new_tokens: int) -> tuple[float, float]:
+    """(tok/s of a timed run, seconds of the warm-up run before it)."""
+    queries = [f"Tell me about topic {i}." for i in range(batch)]
+    start = time.perf_counter()
+    generate(engine, queries, [new_tokens] * batch)  # warm-up: graph captures, torch.compile
+    warmup = time.perf_counter() - start
     torch.cuda.synchronize()
     start = time.perf_counter()
-    tokens = asyncio.run(go())
+    tokens = sum(map(len, generate(engine, queries, [new_tokens] * batch)))
     torch.cuda.synchronize()
-    return tokens / (time.perf_counter() - start)
+    return tokens / (time.perf_counter() - start), warmup
+
+
+@torch.inference_mode()
+def graph_step_ms(engine) -> float | None:
+    """Milliseconds per replay of the captured batch-bucket-2 decode step alone (no host work between steps)."""
+    decoder = engine.static
+    if decoder is None or not decoder.graphs:
+        return None
+    _, (graph, _) = min(decoder.graphs.items())  # batch bucket 2
+    decoder.positions.zero_()  # 100 replays write positions 0..99 of idle slots
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(100):
+        graph.replay()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - start) * 10
+
+
+def prompt_ids(engine, query: str) -> list[int]:
+    from swiftcli.protocol import InferRequest
+
+    return engine.encode(InferRequest(messages=[{"role": "user", "content": query}])).input_ids
+
+
+@torch.inference_mode()
+def reference_greedy(model, ids: list[int], steps: int) -> list[int]:
+    """Greedy tokens from full forwards without any cache."""
+    ids, out = list(ids), []
+    for _ in range(steps):
+        out.append(int(model(input_ids=torch.tensor([ids], device=DEVICE)).logits[0, -1].argmax()))
+        ids.append(out[-1])
+    return out
+
+
+@torch.inference_mode()
+def teacher_forced_gaps(model, ids: list[int], tokens: list[int]) -> list[float]:
+    """Per generated token: max logit - its logit, under a cache-free forward of the whole sequence (0: argmax)."""
+    logits = model(input_ids=torch.tensor([ids + tokens], device=DEVICE)).logits[0, len(ids) - 1:-1].float()
+    return (logits.max(-1).values - logits[torch.arange(len(tokens)), torch.tensor(tokens)]).tolist()
+
+
+CHECK_QUERIES = ["Hi", "Tell me about topic 7.", ("Write a long poem about the sea, the sky, the wind and the "
+                                                  "mountains of Norway in the middle of a cold winter night."), "2+2="]
+CHECK_TOKENS = [24, 9, 17, 30]
+
+
+def check(config_name: str, tokenizer) -> dict:
+    """fp32: static path (CUDA graphs, rows joining while others decode) vs a cache-free greedy loop, token for token."""
+    model = build_model(config_name, len(tokenizer), torch.float32)
+    engine = make_engine(model, tokenizer, config_name, static_decode=True)
+    got = generate(engine, CHECK_QUERIES, CHECK_TOKENS, stagger=0.02)
+    want = [reference_greedy(model, prompt_ids(engine, q), n) for q, n in zip(CHECK_QUERIES, CHECK_TOKENS)]
+    del engine, model
+    torch.cuda.empty_cache()
+    equal = [g == w for g, w in zip(got, want)]
+    print(f"check fp32 graphs vs cache-free greedy: {sum(equal)}/{len(equal)} requests equal token for token")
+    return {"fp32_graphs_equal_requests": sum(equal), "fp32_requests": len(equal)}
 
 
 def run_hf(model, tokenizer, batch: int, new_tokens: int) -> float:
     prompts = [f"Tell me about topic {i}." for i in range(batch)]
     tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True).to("cuda")
+    enc = tokenizer(prompts, return_tensors="pt", padding=True).to(DEVICE)
     kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
               pad_token_id=tokenizer.pad_token_id or 0)
     model.generate(**enc, **kw)
@@ -97,36 +180,114 @@ def main() -> None:
     parser.add_argument("--tokenizer_dir", required=True)
     parser.add_argument("--config", default="qwen2.5-1.5b", choices=CONFIGS)
     parser.add_argument("--new_tokens", type=int, default=128)
+    parser.add_argument("--variants", default="eager,graphs,compiled", help=f"of {','.join(VARIANTS)}")
+    parser.add_argument("--check", action="store_true", help="correctness checks first")
+    parser.add_argument("--profile", action="store_true", help="kernel times of the compiled batch-1 step")
     args = parser.parse_args()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_dir)
+    result: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "config": args.config,
+                    "date": time.strftime("%Y-%m-%d"), "new_tokens": args.new_tokens}
+    import transformers
+
+    result["transformers"] = transformers.__version__
+    if args.check:
+        result["check"] = check(args.config, tokenizer)
     bandwidth = copy_bandwidth()
-    model, tokenizer, engine = build(args.config, args.tokenizer_dir)
+    model = build_model(args.config, len(tokenizer), torch.bfloat16)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     cfg = model.config
     kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2
-    b1 = run_engine(engine, 1, args.new_tokens)
-    avg_context = 30 + args.new_tokens / 2
-    mbu = (weight_bytes + kv_per_token * avg_context) * b1 / bandwidth
-    b32 = run_engine(engine, 32, args.new_tokens)
-    hf1 = run_hf(model, tokenizer, 1, args.new_tokens)
-    hf32 = run_hf(model, tokenizer, 32, args.new_tokens)
-    result = {"card": torch.cuda.get_device_name(), "torch": torch.__version__, "config": args.config,
-              "weights_gb": weight_bytes / 1e9, "copy_bandwidth_tb_s": bandwidth / 1e12,
-              "pt_batch1_tok_s": b1, "pt_batch1_mbu": mbu, "hf_batch1_tok_s": hf1,
-              "pt_batch32_tok_s": b32, "hf_batch32_tok_s": hf32, "pt_vs_hf_batch32": b32 / hf32}
+    step_bytes = weight_bytes + kv_per_token * (30 + args.new_tokens / 2)  # batch 1, average context
+    result.update(weights_gb=weight_bytes / 1e9, copy_bandwidth_tb_s=bandwidth / 1e12)
+    hf1, hf32 = run_hf(model, tokenizer, 1, args.new_tokens), run_hf(model, tokenizer, 32, args.new_tokens)
+    hf = {"batch1_tok_s": hf1, "batch1_mbu": step_bytes * hf1 / bandwidth, "batch32_tok_s": hf32}
+    print("hf_generate", json.dumps(hf), flush=True)
+    rows, engines = {}, {}
+    for name in args.variants.split(","):
+        engine = engines[name] = make_engine(model, tokenizer, args.config, **VARIANTS[name])
+        if name == "compiled_b1":
+            engine.static.min_batch = 1
+        try:
+            b1, warm1 = run_engine(engine, 1, args.new_tokens)
+            row = {"batch1_tok_s": b1, "batch1_mbu": step_bytes * b1 / bandwidth, "warmup_s": warm1}
+            step = graph_step_ms(engine)
+            if step is not None:
+                row.update(graph_step_ms=step, graph_mbu=step_bytes / (step / 1e3) / bandwidth)
+            if engine.static is not None and engine.decode_steps > 1:
+                engine.decode_steps = 1  # the host looks at every token
+                row["batch1_one_step_tok_s"] = run_engine(engine, 1, args.new_tokens)[0]
+                engine.decode_steps = 8
+            row["batch32_tok_s"], row["batch32_warmup_s"] = run_engine(engine, 32, args.new_tokens)
+        except Exception as e:  # noqa: BLE001  one broken variant must not lose the others' numbers
+            row = {"error": f"{type(e).__name__}: {e}"}
+        rows[name] = row
+        print(name, json.dumps(row), flush=True)
+    rows["hf_generate"] = hf
+    if "compiled" in rows and "error" not in rows["compiled"] and "eager" in rows and "error" not in rows["eager"]:
+        result["compiled_vs_eager_teacher_forced"] = compare_compiled(model, engines)
+    if args.profile and "compiled" in engines and engines["compiled"].static is not None:
+        result["profile_compiled_batch1"] = profile_step(engines["compiled"])
+    result["variants"] = rows
     print(f"{result['card']}, {args.config} (random bf16, {result['weights_gb']:.2f} GB), "
-          f"copy bandwidth {result['copy_bandwidth_tb_s']:.2f} TB/s")
-    print(f"{'':<10}{'pt engine':>12}{'HF generate':>14}")
-    print(f"{'batch 1':<10}{b1:>12.1f}{hf1:>14.1f}   tok/s; pt MBU {mbu:.1%}")
-    print(f"{'batch 32':<10}{b32:>12.1f}{hf32:>14.1f}   tok/s; pt/HF {b32 / hf32:.2f}x")
+          f"copy bandwidth {result['copy_bandwidth_tb_s']:.2f} TB/s, {args.new_tokens} new tokens")
+    print(f"{'':<12}" + "".join(f"{name:>14}" for name in rows))
+    for key, label, fmt in (("batch1_tok_s", "b1 tok/s", "{:.1f}"), ("batch1_mbu", "b1 MBU", "{:.1%}"),
+                            ("graph_mbu", "graph MBU", "{:.1%}"), ("batch32_tok_s", "b32 tok/s", "{:.0f}")):
+        print(f"{label:<12}" + "".join(f"{fmt.format(r[key]) if key in r else '-':>14}" for r in rows.values()))
+    print(f"{'b32 vs HF':<12}" + "".join(f"{r['batch32_tok_s'] / hf32:>13.2f}x" if "batch32_tok_s" in r else
+                                        f"{'-':>14}" for r in rows.values()))
     os.makedirs("benchmarks/results", exist_ok=True)
     path = f"benchmarks/results/bench_gpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-    out = os.environ.get("OUT")
-    if out:
-        with open(os.path.join(out, "bench_gpu.json"), "w") as f:
+    for target in [path] + ([os.path.join(os.environ["OUT"], "bench_gpu.json")] if os.environ.get("OUT") else []):
+        with open(target, "w") as f:
             json.dump(result, f, indent=2)
     print(f"wrote {path}")
+
+
+@torch.inference_mode()
+def profile_step(engine) -> dict:
+    """Per-step kernel count and GPU time of the smallest captured step, replayed and run without the graph."""
+    from torch.profiler import ProfilerActivity, profile
+
+    decoder = engine.static
+    batch, length = min(decoder.graphs)
+    graph, _ = decoder.graphs[(batch, length)]
+    out = {}
+    for how, step in (("graph", graph.replay), ("no_graph", lambda: decoder._body(batch, length))):
+        decoder.positions.zero_()
+        step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            for _ in range(10):
+                step()
+            torch.cuda.synchronize()
+            wall = (time.perf_counter() - start) / 10
+        events = [e for e in prof.key_averages() if getattr(e, "device_time_total", 0) > 0]
+        kernel_us = sum(e.device_time_total for e in events) / 10
+        out[how] = {"wall_ms": wall * 1e3, "kernel_ms": kernel_us / 1e3,
+                    "kernels": sum(e.count for e in events) / 10,
+                    "top": [(e.key[:90], e.count / 10, e.device_time_total / 10) for e in
+                            sorted(events, key=lambda e: -e.device_time_total)[:14]]}
+        print(f"profile {how}: {out[how]['kernels']:.0f} kernels/step, kernel time {kernel_us / 1e3:.3f} ms, "
+              f"wall {wall * 1e3:.3f} ms (profiled)")
+        for name, count, us in out[how]["top"]:
+            print(f"  {us:8.1f} us {count:5.0f}x  {name}")
+    return out
+
+
+def compare_compiled(model, engines: dict) -> dict:
+    """Greedy bf16 tokens of the eager and compiled paths, scored by a cache-free forward (gap 0: the argmax)."""
+    out = {}
+    for name in ("eager", "compiled"):
+        engine = engines[name]
+        got = generate(engine, CHECK_QUERIES, CHECK_TOKENS, stagger=0.02)
+        gaps = [g for q, t in zip(CHECK_QUERIES, got) for g in teacher_forced_gaps(model, prompt_ids(engine, q), t)]
+        out[name] = {"max_gap": max(gaps), "argmax_share": sum(g == 0 for g in gaps) / len(gaps), "tokens": got}
+        print(f"teacher-forced bf16 {name}: max gap {max(gaps):.4f}, argmax share {out[name]['argmax_share']:.2%}")
+    return out
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 `vllm bench serve` runs) on its random dataset with a fixed seed and forced output lengths (--ignore-eos).
 
     python scripts/bench_serve.py                            # concurrency 1, 8, 32: ~10 minutes on 2 cores
-    python scripts/bench_serve.py --concurrency 1 4 16 64 --prompts_per_concurrency 8 --output_len 128
+    python scripts/bench_serve.py --concurrency 1 4 16 64 --prompts_per_concurrency 8 --input_len 256 --output_len 128
     python scripts/bench_serve.py --servers vllm,swift-vllm   # only the two vLLM servers
 
 The servers run one at a time on a free loopback port, with the same model (the embedded default unless
@@ -25,6 +25,7 @@ import urllib.request
 
 SERVERS = ("vllm", "swift-vllm", "swift-pt")
 NAME = "bench-model"
+SWIFT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 METRICS = (("request_throughput", "req/s", 2), ("output_throughput", "out tok/s", 1),
            ("median_ttft_ms", "TTFT p50 ms", 1), ("p99_ttft_ms", "TTFT p99 ms", 1),
            ("median_tpot_ms", "TPOT p50 ms", 1), ("median_itl_ms", "ITL p50 ms", 1))
@@ -44,9 +45,9 @@ def server_command(server: str, args: argparse.Namespace, port: int) -> list[str
                "--max-model-len", str(args.max_model_len), "--max-num-seqs", str(max(args.concurrency)),
                "--seed", "0", "--uvicorn-log-level", "warning"]
         return cmd + (["--enforce-eager"] if args.enforce_eager else [])
-    backend = server.removeprefix("swift-")
+    backend, dtype = server.removeprefix("swift-"), SWIFT_DTYPES[args.dtype]
     return [sys.executable, "-m", "swiftcli", "deploy", "--infer_backend", backend, "--model_id_or_path",
-            args.model_dir, "--served_model_name", NAME, "--port", str(port), "--dtype", args.dtype,
+            args.model_dir, "--served_model_name", NAME, "--port", str(port), "--dtype", dtype,
             "--max_model_len", str(args.max_model_len), "--max_num_seqs", str(max(args.concurrency)),
             "--max_batch_size", str(max(args.concurrency)), "--enforce_eager", str(args.enforce_eager).lower(),
             "--log_interval", "0"]
@@ -127,9 +128,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, from {SERVERS}")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--prompts_per_concurrency", type=int, default=4)
+    parser.add_argument("--prompts_per_concurrency", type=int, default=2)
     parser.add_argument("--min_prompts", type=int, default=8)
-    parser.add_argument("--input_len", type=int, default=128)
+    parser.add_argument("--input_len", type=int, default=64)
     parser.add_argument("--output_len", type=int, default=64)
     parser.add_argument("--max_model_len", type=int, default=2048)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -149,7 +150,10 @@ def main() -> None:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="bench_serve-") as log_dir:
         for server in servers:
-            results[server] = bench_server(server, args, log_dir)
+            try:
+                results[server] = bench_server(server, args, log_dir)
+            except RuntimeError as e:  # the others still run and are reported
+                print(f"{server}: failed: {e}", file=sys.stderr)
     print(f"\n{args.input_len} prompt tokens -> {args.output_len} forced output tokens, {args.dtype}, "
           f"{args.prompts_per_concurrency} prompts per concurrency slot (at least {args.min_prompts})")
     print_table(results, args.concurrency)

@@ -173,9 +173,23 @@ def load_model(model_dir: str, torch_dtype: Any, device: str, trust_remote_code:
     from transformers import AutoModelForCausalLM
 
     model_kwargs.setdefault("device_map", device)
+    if quantization_method(model_dir) == "gptq" and "quantization_config" not in model_kwargs:
+        model_kwargs.update(gptq_loader())
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype, trust_remote_code=trust_remote_code,
                                                  **model_kwargs)
     return model.eval()
+
+
+def gptq_loader() -> dict[str, Any]:
+    """transformers loads GPTQ weights through gptqmodel (a CUDA build). Where only auto-round is installed (what
+    `swift export --quant_method gptq` uses), its own kernels load them instead: AutoRoundConfig reads GPTQ layouts."""
+    import importlib.util
+
+    if importlib.util.find_spec("gptqmodel") is not None or importlib.util.find_spec("auto_round") is None:
+        return {}
+    from auto_round import AutoRoundConfig
+
+    return {"quantization_config": AutoRoundConfig()}
 
 
 def read_config(model_dir: str) -> dict[str, Any]:

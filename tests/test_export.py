@@ -296,6 +296,15 @@ def test_gptq_export_with_auto_round(tmp_path, capsys):
     assert (quant["quant_method"], quant["bits"], quant["group_size"], quant["sym"]) == ("gptq", 4, 64, True)
     assert read_json(os.path.join(out, "args.json"))["quant_method"] == "gptq"
     assert leftovers(str(tmp_path)) == []
+    # `swift infer --ckpt_dir <gptq> --infer_backend pt` without gptqmodel: auto-round's own kernels load it.
+    from swiftcli.arguments import InferArguments
+    from swiftcli.engine import get_engine
+    from swiftcli.protocol import InferRequest, RequestConfig
+
+    engine = get_engine(InferArguments(ckpt_dir=out, infer_backend="pt"))
+    [reply] = engine.infer([InferRequest.from_query("What is the capital of France?")],
+                           RequestConfig(max_tokens=8, temperature=0))
+    assert reply.usage.completion_tokens > 0 and reply.text.strip()
 
 
 # ---- bad input: one line, exit 2, nothing written ----------------------------------------------------------------

@@ -102,3 +102,89 @@ def test_lora_ckpt_dir_is_served_as_default_lora(lora_dir):
     args = InferArguments(ckpt_dir=lora_dir, infer_backend="pt")
     assert args.adapters == {"default-lora": lora_dir}
     assert args.is_lora_ckpt
+
+
+# ---- the static KV cache decode path (CUDA graphs on GPU; the same step runs eagerly here) -----------------------
+@pytest.fixture(scope="module")
+def engines():
+    """The default model without adapters: (eager engine, static-cache engine, static-cache engine, 1 token/sync)."""
+    from swiftcli.arguments import InferArguments
+    from swiftcli.engine import get_engine
+    from swiftcli.engine.pt_engine import PtEngine
+
+    eager = get_engine(InferArguments(infer_backend="pt", dtype="fp32", max_batch_size=4))
+    assert eager.static is None  # CPU default: the eager path
+    static = get_engine(InferArguments(infer_backend="pt", dtype="fp32", max_batch_size=4, enforce_eager=False))
+    assert static.static is not None  # what `--enforce_eager false` gives (the default on CUDA)
+    one_per_sync = PtEngine(eager.model, eager.template, eager.info, eager.default_config, max_batch_size=4,
+                            static_decode=True, decode_steps=1)
+    return eager, static, one_per_sync
+
+
+MIXED = [("Hi", 8), ("What is the capital of France?", 40), ("2+2=", 30), ("List three fruits.", 21),
+         ("Write one sentence about the sea, the sky and the mountains of Norway in winter.", 12),
+         ("Tell me about the Eiffel Tower.", 16)]
+
+
+def _staggered(engine, items, config=GREEDY):
+    """Token ids per request; requests join one by one while earlier ones decode (6 rows > max_batch_size 4)."""
+    import asyncio
+
+    async def go():
+        tasks = []
+        for query, max_tokens in items:
+            tasks.append(asyncio.create_task(engine.infer_async(ask(query), config.replace(max_tokens=max_tokens))))
+            await asyncio.sleep(0.05)
+        return [r.choices[0] for r in await asyncio.gather(*tasks)]
+
+    return asyncio.run(go())
+
+
+def test_static_decode_greedy_equals_eager_token_for_token(engines):
+    eager, static, static_one = engines
+    assert static.static is not None and static.decode_steps > 1
+    reference = [(c.token_ids, c.finish_reason) for c in _staggered(eager, MIXED)]
+    assert {f for _, f in reference} == {"stop", "length"}  # rows leave by a stop token and by length
+    for engine in (static, static_one):
+        assert [(c.token_ids, c.finish_reason) for c in _staggered(engine, MIXED)] == reference
+    query, max_tokens = MIXED[2]  # alone: a batch of one
+    assert static.infer([ask(query)], GREEDY.replace(max_tokens=max_tokens))[0].choices[0].token_ids == reference[2][0]
+
+
+def test_static_decode_sampling_penalties_and_stops_equal_eager(engines):
+    eager, static, _ = engines
+    for config in (RequestConfig(max_tokens=20, temperature=0.8, top_p=0.9, seed=5),
+                   RequestConfig(max_tokens=20, temperature=0, repetition_penalty=1.3),
+                   RequestConfig(max_tokens=20, temperature=0, logprobs=True, top_logprobs=2),
+                   GREEDY.replace(stop=["Paris"])):
+        for query in ("What is the capital of France?", "Tell me a short story."):
+            a, b = eager.infer([ask(query)], config)[0], static.infer([ask(query)], config)[0]
+            assert (b.text, b.choices[0].finish_reason) == (a.text, a.choices[0].finish_reason), config
+            if config.logprobs:
+                assert [lp.token for lp in b.choices[0].logprobs] == [lp.token for lp in a.choices[0].logprobs]
+
+
+def test_static_decode_streams_the_same_text(engines):
+    eager, static, _ = engines
+    full = eager.infer([ask("Tell me about the Eiffel Tower.")], RequestConfig(max_tokens=30, temperature=0))[0]
+    deltas = list(static.infer_stream(ask("Tell me about the Eiffel Tower."), RequestConfig(max_tokens=30,
+                                                                                          temperature=0)))
+    assert "".join(d.text for d in deltas) == full.text
+    assert deltas[-1].usage.completion_tokens == full.usage.completion_tokens
+
+
+def test_static_cache_grows_past_its_first_length(engines):
+    """A prompt just under the first cache length (256 positions): the slots move to a larger cache mid-reply."""
+    eager, static, _ = engines
+    query = "Repeat these words: " + " ".join(["apple"] * 215)
+    prompt = len(eager.encode(ask(query)).input_ids)
+    config = RequestConfig(max_tokens=24, temperature=0, ignore_eos=True)
+    assert prompt < 256 < prompt + config.max_tokens
+    a = eager.infer([ask(query)], config)[0].choices[0].token_ids
+    b = static.infer([ask(query)], config)[0].choices[0].token_ids
+    assert static.static.length >= 512
+    assert b == a
+
+
+def test_lora_engine_keeps_the_eager_path(pt_engine):
+    assert pt_engine.static is None

@@ -285,6 +285,18 @@ def test_resume_continues_the_same_trajectory(tiny_run):
     assert state["global_step"] == 6
 
 
+def test_summary_reports_tokens_per_second(tiny_run):
+    """The last line of logging.jsonl (and the log) holds the training speed in non-padding tokens per second,
+    timed over the second half of the steps (the first ones warm up; a step after a save is left out), and peak GPU
+    memory (None on CPU)."""
+    _, _, run_dir = tiny_run
+    summary = read_jsonl(run_dir / "logging.jsonl")[-1]
+    assert summary["world_size"] == 1 and summary["timed_steps"] == 2  # steps 5 and 6 (4 follows the save at 3)
+    assert summary["train_tokens_per_second"] > 0
+    assert summary["train_tokens_per_second_per_process"] == summary["train_tokens_per_second"]
+    assert summary["peak_gpu_memory_gib"] is None
+
+
 def test_two_processes_train_like_one(tiny_run):
     """NPROC_PER_NODE=2 (gloo on CPU) at batch 2 each = the one-process run at batch 4, step for step."""
     cwd, datasets, single = tiny_run
@@ -299,6 +311,11 @@ def test_two_processes_train_like_one(tiny_run):
     assert {p.name for p in (runs[0] / "checkpoint-6").glob("rng_state_*.pth")} == {"rng_state_0.pth",
                                                                                      "rng_state_1.pth"}
     assert proc.stdout.count("last_model_checkpoint:") == 1 and len(read_jsonl(runs[0] / "logging.jsonl")) == 8
+    summary = read_jsonl(runs[0] / "logging.jsonl")[-1]
+    assert summary["world_size"] == 2 and summary["train_tokens_per_second"] > 0
+    assert summary["train_tokens_per_second_per_process"] == pytest.approx(summary["train_tokens_per_second"] / 2,
+                                                                           abs=0.1)
+    assert "train tokens/s: " in proc.stderr and "per process x 2" in proc.stderr
     one, two = step_losses(single), step_losses(runs[0])
     assert sorted(two) == sorted(one) == [1, 2, 3, 4, 5, 6]
     for step in one:
@@ -369,6 +386,39 @@ def test_argument_validation():
         SftArguments(dataset=["x"], resume_from_checkpoint=os.getcwd())
     with pytest.raises(ArgumentError, match="--resume_from_checkpoint"):
         SftArguments(dataset=["x"], ckpt_dir=os.getcwd())
+    with pytest.raises(ArgumentError, match="zero2 or zero3 or a DeepSpeed JSON"):
+        SftArguments(dataset=["x"], deepspeed="zero4")
     args = SftArguments(dataset=["x"], batch_size=4, self_cognition_sample=1, model_name=["Bot"], model_author=["Me"])
     assert args.gradient_accumulation_steps == 4 and args.learning_rate == 1e-4 and args.save_steps == 50
     assert args.model_name == ["Bot", "Bot"] and args.dataset_seed == args.seed == 42
+
+
+@pytest.mark.parametrize("value", ["zero2", "zero3", "config.json"])
+def test_deepspeed_without_the_package_is_one_line(value: str, tmp_path: Path, capsys, monkeypatch):
+    """deepspeed doesn't install here (nor on the GPU machine used for the proofs): a clear error, before loading."""
+    import importlib.util
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "deepspeed" else find_spec(name, *a))
+    with pytest.raises(SystemExit) as exc:
+        main(["sft", "--dataset", write_datasets(tmp_path)[0], "--deepspeed", value])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("swift: error: --deepspeed ") and "pip install deepspeed" in err
+    assert not (tmp_path / "output").exists()
+
+
+def test_deepspeed_builtin_configs(tmp_path: Path):
+    """zero2/zero3 are ms-swift's configs with "auto" values the Trainer fills; a JSON file is read as it is."""
+    from swiftcli.train.deepspeed import deepspeed_config, zero_stage
+
+    zero2, zero3 = deepspeed_config("zero2"), deepspeed_config("zero3")
+    assert zero_stage(zero2) == 2 and zero_stage(zero3) == 3
+    assert zero3["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True  # full weights saved
+    assert zero2["bf16"]["enabled"] == zero2["train_micro_batch_size_per_gpu"] == "auto"
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
+    assert zero_stage(deepspeed_config(str(path))) == 1

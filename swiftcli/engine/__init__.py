@@ -101,4 +101,5 @@ def get_engine(args: InferArguments) -> InferEngine:
     from .pt_engine import PtEngine
 
     model = load_model(model_dir, torch_dtype, device, meta.trust_remote_code)
-    return PtEngine(model, template, info, default_config, args.max_batch_size)
+    static_decode = None if args.enforce_eager is None else not args.enforce_eager
+    return PtEngine(model, template, info, default_config, args.max_batch_size, static_decode, args.torch_compile)

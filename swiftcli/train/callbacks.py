@@ -80,6 +80,80 @@ class JsonlLogCallback(TrainerCallback):
             append_jsonl(self.path, record)
 
 
+class ThroughputCallback(TrainerCallback):
+    """Training speed and memory for the final summary: non-padding tokens per second over the second half of the
+    optimizer steps (the first ones load and tune kernels: on a fresh GPU machine, seconds per step for the first few),
+    leaving out steps that follow a save or an evaluation, and each process's peak GPU memory
+    (torch.cuda.max_memory_allocated).
+
+    Needs TrainingArguments(include_num_input_tokens_seen="non_padding"): the Trainer then sums the attention masks
+    of every process's batches into state.num_input_tokens_seen (global, all processes together).
+    """
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.seconds = 0.0
+        self.steps = 0
+        self._last: tuple[float, int] | None = None  # (time, tokens seen) at the previous step's end
+        self._skip_next = False  # the step after a save or an evaluation
+        self._warm_from = 1  # the first step timed
+
+    @staticmethod
+    def _cuda() -> Any:
+        import torch
+
+        return torch.cuda if torch.cuda.is_available() else None
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        cuda = self._cuda()
+        if cuda:
+            cuda.reset_peak_memory_stats()
+        self._last = (time.perf_counter(), state.num_input_tokens_seen)
+        self._warm_from = state.global_step + (state.max_steps - state.global_step) // 2 + 1
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        now, seen = time.perf_counter(), state.num_input_tokens_seen
+        if self._last is not None and not self._skip_next and state.global_step >= self._warm_from:
+            self.tokens += seen - self._last[1]
+            self.seconds += now - self._last[0]
+            self.steps += 1
+        self._last, self._skip_next = (now, seen), False
+
+    def on_save(self, args, state, control, **kwargs) -> None:
+        self._skip_next = True
+
+    def on_evaluate(self, args, state, control, **kwargs) -> None:
+        self._skip_next = True
+
+    def summary(self, world_size: int) -> dict[str, Any]:
+        """Tokens/s (all processes, and per process) and every process's peak GPU memory in GiB (None on CPU).
+        Collective in a multi-process run: every rank must call it."""
+        tokens_per_second = self.tokens / self.seconds if self.seconds > 0 else None
+        cuda = self._cuda()
+        peak = round(cuda.max_memory_allocated() / 2**30, 2) if cuda else None
+        peaks = [peak]
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            peaks = [None] * dist.get_world_size()
+            dist.all_gather_object(peaks, peak)
+        return {"train_tokens_per_second": round(tokens_per_second, 1) if tokens_per_second else None,
+                "train_tokens_per_second_per_process": round(tokens_per_second / world_size, 1)
+                if tokens_per_second else None,
+                "timed_steps": self.steps, "peak_gpu_memory_gib": peaks if cuda else None}
+
+
+def format_throughput(summary: dict[str, Any], world_size: int) -> str:
+    """`train tokens/s: <all> (<per process> per process x <N>, <K> timed steps) | peak GPU memory (GiB, per rank):
+    <rank 0>, <rank 1>, ...` (the memory part on GPU only)."""
+    speed = summary["train_tokens_per_second"]
+    text = (f"train tokens/s: {speed} ({summary['train_tokens_per_second_per_process']} per process x {world_size}, "
+            f"{summary['timed_steps']} timed steps)" if speed else "train tokens/s: n/a (no step timed)")
+    if summary["peak_gpu_memory_gib"]:
+        text += " | peak GPU memory (GiB, per rank): " + ", ".join(str(p) for p in summary["peak_gpu_memory_gib"])
+    return text
+
+
 class CheckpointArgsCallback(TrainerCallback):
     """args.json in every checkpoint, so `swift infer/export/deploy --ckpt_dir checkpoint-N` know what it is."""
 

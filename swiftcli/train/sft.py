@@ -19,8 +19,8 @@ from ..errors import ArgumentError
 from ..model import default_device, load_model, load_tokenizer, resolve_model, resolve_torch_dtype
 from ..registry import MODEL_MAPPING, ModelMeta
 from ..template import IGNORE_INDEX, Template, get_template
-from .callbacks import (CheckpointArgsCallback, JsonlLogCallback, RichProgressCallback, append_jsonl,
-                        checkpoint_dir, plot_loss)
+from .callbacks import (CheckpointArgsCallback, JsonlLogCallback, RichProgressCallback, ThroughputCallback,
+                        append_jsonl, checkpoint_dir, format_throughput, plot_loss)
 from .data import encode_rows, training_rows
 
 logger = logging.getLogger("swiftcli")
@@ -47,23 +47,38 @@ def train_sft(args: SftArguments) -> dict[str, Any]:
     if args.sft_type == "full" and DTYPE_NAMES[str(torch_dtype)] == "fp16":
         raise ArgumentError("full fine-tuning can't keep fp16 weights (their gradients can't be unscaled): "
                             "use --dtype bf16 or fp32")
+    saved = resolved_args(args, meta, template, DTYPE_NAMES[str(torch_dtype)])
+    training_args = None
+    if args.deepspeed:  # the Trainer's DeepSpeed config must exist before the model loads (ZeRO-3 loads it sharded)
+        run_dir = start_run_dir(args, meta.model_type, device, saved)
+        training_args = training_arguments(args, run_dir, saved["dtype"], has_val=bool(val_data))
     logger.info("Loading %s (%s) from %s...", meta.model_type, DTYPE_NAMES[str(torch_dtype)], model_dir)
     model = load_model(model_dir, torch_dtype, device, meta.trust_remote_code, device_map=None)  # Trainer places it
     model = prepare_model(model, args)
 
-    run_dir = shared_run_dir(args, meta.model_type, device)
-    saved = resolved_args(args, meta, template, DTYPE_NAMES[str(torch_dtype)])
+    if training_args is None:
+        run_dir = start_run_dir(args, meta.model_type, device, saved)
+        training_args = training_arguments(args, run_dir, saved["dtype"], has_val=bool(val_data))
+    trainer = build_trainer(training_args, model, tokenizer, train_data, val_data, run_dir, saved)
     if is_main_process():
-        write_ckpt_args(run_dir, saved)
-        logger.info("Run directory: %s", run_dir)
-    trainer = build_trainer(args, model, tokenizer, train_data, val_data, run_dir, saved)
-    if is_main_process():
-        rows = world_size() * args.batch_size * args.gradient_accumulation_steps
-        logger.info("Effective batch: %d rows per optimizer step (%d processes x batch_size %d x "
-                    "gradient_accumulation_steps %d)", rows, world_size(), args.batch_size,
-                    args.gradient_accumulation_steps)
+        log_effective_batch(args, training_args)
     trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     return finish(trainer, run_dir)
+
+
+def log_effective_batch(args: SftArguments, training_args: Any) -> None:
+    """Rows per optimizer step. One process that sees several GPUs gets the Trainer's torch.nn.DataParallel, which
+    puts batch_size rows on each GPU: counted, and flagged (NPROC_PER_NODE is the fast way to use them)."""
+    gpus = max(1, training_args.n_gpu) if world_size() == 1 else 1
+    rows = world_size() * gpus * args.batch_size * args.gradient_accumulation_steps
+    per_process = f"{gpus} GPUs (DataParallel) x batch_size {args.batch_size}" if gpus > 1 else \
+        f"batch_size {args.batch_size}"
+    logger.info("Effective batch: %d rows per optimizer step (%d processes x %s x gradient_accumulation_steps %d)",
+                rows, world_size(), per_process, args.gradient_accumulation_steps)
+    if gpus > 1:
+        logger.warning("One process sees %d GPUs: the Trainer splits each batch over them with torch.nn.DataParallel "
+                       "(slow). Use NPROC_PER_NODE=%d for data-parallel training, or CUDA_VISIBLE_DEVICES=0 for one "
+                       "GPU", gpus, gpus)
 
 
 # ---- data and template -----------------------------------------------------------------------------------------
@@ -135,6 +150,15 @@ def ddp_backend(args: SftArguments, device: str) -> str:
     return args.ddp_backend or ("nccl" if device == "cuda" else "gloo")
 
 
+def start_run_dir(args: SftArguments, model_type: str, device: str, saved: dict[str, Any]) -> str:
+    """The run directory with its args.json (written by the main process)."""
+    run_dir = shared_run_dir(args, model_type, device)
+    if is_main_process():
+        write_ckpt_args(run_dir, saved)
+        logger.info("Run directory: %s", run_dir)
+    return run_dir
+
+
 def shared_run_dir(args: SftArguments, model_type: str, device: str) -> str:
     """The run directory: made here, or in a multi-process run made by rank 0 and sent to the others (so that every
     node agrees on it), after joining the process group the Trainer then uses."""
@@ -189,16 +213,16 @@ def resolved_args(args: SftArguments, meta: ModelMeta, template: Template, dtype
 
 
 # ---- the Trainer -------------------------------------------------------------------------------------------------
-def build_trainer(args: SftArguments, model: Any, tokenizer: Any, train_data: list[dict], val_data: list[dict],
+def build_trainer(training_args: Any, model: Any, tokenizer: Any, train_data: list[dict], val_data: list[dict],
                   run_dir: str, saved: dict[str, Any]) -> Any:
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
 
     trainer = Trainer(
-        model=model, args=training_arguments(args, run_dir, saved["dtype"], has_val=bool(val_data)),
+        model=model, args=training_args,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX),
         train_dataset=train_data, eval_dataset=val_data or None, processing_class=tokenizer,
         callbacks=[RichProgressCallback(), JsonlLogCallback(os.path.join(run_dir, "logging.jsonl")),
-                   CheckpointArgsCallback(saved)])
+                   CheckpointArgsCallback(saved), ThroughputCallback()])
     trainer.remove_callback(PrinterCallback)  # RichProgressCallback prints the logs
     return trainer
 
@@ -206,6 +230,8 @@ def build_trainer(args: SftArguments, model: Any, tokenizer: Any, train_data: li
 def training_arguments(args: SftArguments, run_dir: str, dtype: str, has_val: bool) -> Any:
     """SftArguments in transformers' terms. Validation loss picks the best checkpoint, which rotation keeps."""
     from transformers import TrainingArguments
+
+    from .deepspeed import deepspeed_config
 
     device = default_device()
     return TrainingArguments(
@@ -221,22 +247,28 @@ def training_arguments(args: SftArguments, run_dir: str, dtype: str, has_val: bo
         metric_for_best_model="loss" if has_val else None, greater_is_better=False if has_val else None,
         prediction_loss_only=True,  # validation needs the loss only, not every row's logits
         use_cpu=device == "cpu", ddp_backend=ddp_backend(args, device) if world_size() > 1 else None,
+        deepspeed=deepspeed_config(args.deepspeed) if args.deepspeed else None,
+        include_num_input_tokens_seen="non_padding",  # for the tokens/s of the summary (ThroughputCallback)
         remove_unused_columns=False, report_to="none", disable_tqdm=True)
 
 
 def finish(trainer: Any, run_dir: str) -> dict[str, Any]:
-    """The loss plot, and the last and best checkpoints: printed and appended to logging.jsonl (main process)."""
+    """The loss plot, the last and best checkpoints, tokens/s and peak GPU memory: printed and appended to
+    logging.jsonl (main process)."""
     state = trainer.state
     last = checkpoint_dir(trainer.args, state)
+    throughput = next(c for c in trainer.callback_handler.callbacks if isinstance(c, ThroughputCallback))
+    speed = throughput.summary(world_size())  # collective: every rank takes part
     result = {"last_model_checkpoint": last if os.path.isdir(last) else None,
               "best_model_checkpoint": state.best_model_checkpoint, "best_metric": state.best_metric,
-              "global_step": state.global_step}
+              "global_step": state.global_step, "world_size": world_size(), **speed}
     if not trainer.is_world_process_zero():
         return result
     plot = plot_loss(state.log_history, os.path.join(run_dir, "images", "train_loss.png"))
     append_jsonl(os.path.join(run_dir, "logging.jsonl"), result)
     if plot:
         logger.info("Loss curve: %s", plot)
+    logger.info(format_throughput(speed, world_size()))
     print(f"last_model_checkpoint: {result['last_model_checkpoint']}", flush=True)
     print(f"best_model_checkpoint: {result['best_model_checkpoint']}", flush=True)
     return result
