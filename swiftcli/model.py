@@ -182,14 +182,14 @@ def load_model(model_dir: str, torch_dtype: Any, device: str, trust_remote_code:
 
 def gptq_loader() -> dict[str, Any]:
     """transformers loads GPTQ weights through gptqmodel (a CUDA build). Where only auto-round is installed (what
-    `swift export --quant_method gptq` uses), its own kernels load them instead: AutoRoundConfig reads GPTQ layouts."""
+    `swift export --quant_method gptq` uses), its own kernels load them instead: transformers' AutoRoundConfig reads GPTQ layouts."""
     import importlib.util
 
     if importlib.util.find_spec("gptqmodel") is not None or importlib.util.find_spec("auto_round") is None:
         return {}
-    from auto_round import AutoRoundConfig
+    from transformers import AutoRoundConfig
 
-    return {"quantization_config": AutoRoundConfig()}
+    return {"quantization_config": AutoRoundConfig(backend="auto")}
 
 
 def read_config(model_dir: str) -> dict[str, Any]:
