@@ -28,7 +28,8 @@ NAME = "bench-model"
 SWIFT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 METRICS = (("request_throughput", "req/s", 2), ("output_throughput", "out tok/s", 1),
            ("median_ttft_ms", "TTFT p50 ms", 1), ("p99_ttft_ms", "TTFT p99 ms", 1),
-           ("median_tpot_ms", "TPOT p50 ms", 1), ("median_itl_ms", "ITL p50 ms", 1))
+           ("median_tpot_ms", "TPOT p50 ms", 1), ("median_itl_ms", "ITL p50 ms", 1),
+           ("median_e2el_ms", "E2EL p50 ms", 0))
 
 
 def free_port() -> int:
@@ -81,7 +82,7 @@ def run_benchmark(port: int, concurrency: int, args: argparse.Namespace) -> dict
         "--model", NAME, "--tokenizer", args.model_dir, "--dataset-name", "random",
         "--random-input-len", str(args.input_len), "--random-output-len", str(args.output_len),
         "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency), "--ignore-eos",
-        "--seed", str(args.seed), "--percentile-metrics", "ttft,tpot,itl", "--metric-percentiles", "50,99",
+        "--seed", str(args.seed), "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
         "--num-warmups", str(min(concurrency, 4)), "--disable-tqdm"])
     return main(bench_args)
 
