@@ -15,12 +15,13 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
 import sys
 import time
+
+from bench_results import write_results  # scripts/ is sys.path[0]
 
 BACKENDS = ("pt", "hf", "swift-vllm", "vllm")
 TOPICS = ["the history of Paris", "how rainbows form", "the rules of chess", "why the sky is blue",
@@ -154,12 +155,7 @@ def main() -> None:
         x_raw = f"{r['tok_per_s'] / raw:.2f}" if raw else "-"
         print(f"{r['backend']:<12}{r['tok_per_s']:>10.1f}{r['seconds']:>10.1f}{r['peak_rss_mb']:>14.0f}"
               f"{x_hf:>8}{x_raw:>8}")
-    os.makedirs("benchmarks/results", exist_ok=True)
-    path = f"benchmarks/results/bench_engine-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    with open(path, "w") as f:
-        json.dump({"args": vars(args), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                   "results": results}, f, indent=2)
-    print(f"wrote {path}")
+    write_results("bench_engine", {"args": vars(args), "results": results})
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from bench_results import write_results  # noqa: E402  (scripts/ is sys.path[0])
 
 DEVICE = "cuda"  # scripts may point this elsewhere for a dry run of the script itself
 VARIANTS = {"eager": {"static_decode": False}, "graphs": {"static_decode": True, "compile": False},
@@ -238,12 +239,7 @@ def main() -> None:
         print(f"{label:<12}" + "".join(f"{fmt.format(r[key]) if key in r else '-':>14}" for r in rows.values()))
     print(f"{'b32 vs HF':<12}" + "".join(f"{r['batch32_tok_s'] / hf32:>13.2f}x" if "batch32_tok_s" in r else
                                         f"{'-':>14}" for r in rows.values()))
-    os.makedirs("benchmarks/results", exist_ok=True)
-    path = f"benchmarks/results/bench_gpu-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    for target in [path] + ([os.path.join(os.environ["OUT"], "bench_gpu.json")] if os.environ.get("OUT") else []):
-        with open(target, "w") as f:
-            json.dump(result, f, indent=2)
-    print(f"wrote {path}")
+    write_results("bench_gpu", result)
 
 
 @torch.inference_mode()

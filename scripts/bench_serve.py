@@ -13,15 +13,15 @@ with each server's ratio to raw vLLM and writes benchmarks/results/bench_serve-<
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from bench_results import write_results  # scripts/ is sys.path[0]
 
 SERVERS = ("vllm", "swift-vllm", "swift-pt")
 NAME = "bench-model"
@@ -158,12 +158,7 @@ def main() -> None:
     print(f"\n{args.input_len} prompt tokens -> {args.output_len} forced output tokens, {args.dtype}, "
           f"{args.prompts_per_concurrency} prompts per concurrency slot (at least {args.min_prompts})")
     print_table(results, args.concurrency)
-    os.makedirs("benchmarks/results", exist_ok=True)
-    path = f"benchmarks/results/bench_serve-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    with open(path, "w") as f:
-        json.dump({"args": vars(args), "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-                   "results": results}, f, indent=2)
-    print(f"wrote {path}")
+    write_results("bench_serve", {"args": vars(args), "results": results})
 
 
 if __name__ == "__main__":
