@@ -116,9 +116,19 @@ def engines():
     assert eager.static is None  # CPU default: the eager path
     static = get_engine(InferArguments(infer_backend="pt", dtype="fp32", max_batch_size=4, enforce_eager=False))
     assert static.static is not None  # what `--enforce_eager false` gives (the default on CUDA)
+    assert not static.static.compiled  # torch.compile only with --torch_compile true
     one_per_sync = PtEngine(eager.model, eager.template, eager.info, eager.default_config, max_batch_size=4,
                             static_decode=True, decode_steps=1)
     return eager, static, one_per_sync
+
+
+def test_torch_compile_flag_reaches_the_static_decoder():
+    """`swift infer --infer_backend pt --enforce_eager false --torch_compile true`: the step is compiled on first use."""
+    from swiftcli.arguments import InferArguments
+    from swiftcli.engine import get_engine
+
+    engine = get_engine(InferArguments(infer_backend="pt", enforce_eager=False, torch_compile=True))
+    assert engine.static is not None and engine.static.compiled
 
 
 MIXED = [("Hi", 8), ("What is the capital of France?", 40), ("2+2=", 30), ("List three fruits.", 21),
