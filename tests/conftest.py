@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import os
 import socket
+import contextlib
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,3 +130,26 @@ def start_swift(log_dir: Path, name: str, command: str, *flags: str, ready_path:
     cmd = [sys.executable, "-m", "swiftcli", command, "--port", str(port), *flags]
     return SwiftServer(subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env), port, log,
                        ready_path)
+
+
+@contextlib.contextmanager
+def serve_in_thread(engine, **deploy_args) -> Iterator[str]:
+    """`swift deploy`'s real app and uvicorn, in this process, around an engine the test controls; yields the
+    base URL of its OpenAI API."""
+    import uvicorn
+
+    from swiftcli.arguments import DeployArguments
+    from swiftcli.server.app import create_app
+
+    port = free_port()
+    app = create_app(engine, DeployArguments(infer_backend="pt", port=port, log_interval=0, **deploy_args))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(10)

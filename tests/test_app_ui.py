@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SwiftServer, free_port, start_swift
+from conftest import SwiftServer, free_port, serve_in_thread, start_swift
 
 try:
     from playwright.sync_api import expect, sync_playwright
@@ -101,28 +101,6 @@ class ScriptedEngine(InferEngine):
         except GeneratorExit:
             self.aborted.set()
             raise
-
-
-@contextlib.contextmanager
-def serve_in_thread(engine: InferEngine) -> Iterator[str]:
-    """`swift deploy`'s app and uvicorn, in this process; yields the base URL of its OpenAI API."""
-    import uvicorn
-
-    from swiftcli.arguments import DeployArguments
-    from swiftcli.server.app import create_app
-
-    port = free_port()
-    app = create_app(engine, DeployArguments(infer_backend="pt", port=port, log_interval=0))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SwiftServer, free_port, make_lora, refuses_connections, start_swift
+from conftest import SwiftServer, make_lora, refuses_connections, serve_in_thread, start_swift
 from openai import (
     APIError,
     AsyncOpenAI,
@@ -576,36 +576,21 @@ class ScriptedEngine(InferEngine):
 
 
 @contextlib.contextmanager
-def serve_in_thread(engine: InferEngine, **deploy_args) -> Iterator[OpenAI]:
-    """The real app and uvicorn, in this process, around an engine the test controls."""
-    import uvicorn
-
-    from swiftcli.arguments import DeployArguments
-    from swiftcli.server.app import create_app
-
-    port = free_port()
-    app = create_app(engine, DeployArguments(infer_backend="pt", port=port, log_interval=0, **deploy_args))
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="EMPTY", max_retries=0)
-    finally:
-        server.should_exit = True
-        thread.join(10)
+def scripted_client(engine: InferEngine, **deploy_args) -> Iterator[OpenAI]:
+    """An `openai` client of the real app served in this process around an engine the test controls."""
+    with serve_in_thread(engine, **deploy_args) as url:
+        yield OpenAI(base_url=url, api_key="EMPTY", max_retries=0)
 
 
 @pytest.fixture(scope="module")
 def scripted() -> Iterator[OpenAI]:
-    with serve_in_thread(ScriptedEngine()) as client:
+    with scripted_client(ScriptedEngine()) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def scripted_generation() -> Iterator[OpenAI]:
-    with serve_in_thread(ScriptedEngine(is_generation=True)) as client:
+    with scripted_client(ScriptedEngine(is_generation=True)) as client:
         yield client
 
 
@@ -642,7 +627,7 @@ def test_max_concurrency_queues_the_rest():
     most_running = {}
     for limit in (None, 1):
         engine = ScriptedEngine()
-        with serve_in_thread(engine, max_concurrency=limit) as sync_client:
+        with scripted_client(engine, max_concurrency=limit) as sync_client:
             client = AsyncOpenAI(base_url=str(sync_client.base_url), api_key="EMPTY", max_retries=0)
             asyncio.run(three_slow(client))
         most_running[limit] = engine.most_running
