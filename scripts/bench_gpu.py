@@ -2,16 +2,17 @@
 
     python scripts/bench_gpu.py --tokenizer_dir <dir with tokenizer.json> [--config qwen2.5-1.5b] [--check]
 
-Side by side in one run: the pt engine's eager decode loop (`eager`), its static-KV-cache decode step replayed from
-CUDA graphs (`graphs`, the default on CUDA), the same step compiled with torch.compile before capture (`compiled`,
-`--torch_compile true`;
-`compiled_b1`: batch 1 in a graph of its own instead of padded to 2 rows), and HF `generate`. `--profile` prints
-the kernels of the compiled batch-1 step.
+Side by side in one run: the pt engine's eager decode loop (`eager`, `--enforce_eager true`), its static-KV-cache
+decode step replayed from CUDA graphs (`graphs`, `--torch_compile false`), the same step compiled with torch.compile
+before capture (`compiled`, the default on CUDA), and HF `generate`. `--profile` prints the kernels of the compiled
+batch-1 step.
 The model is built from a config with random bf16 weights (speed does not depend on the values). Its vocabulary is
 the tokenizer's, so generated ids always decode. MBU = bytes read per decode step (weights + KV cache) x steps/s
-divided by the card's measured device-to-device copy bandwidth. `--check` first compares greedy tokens of the
-static path (fp32, rows joining at different steps) with a cache-free greedy loop, and the compiled bf16 tokens with
-the eager path's by teacher forcing. Writes benchmarks/results/bench_gpu-<time>.json (and $OUT/bench_gpu.json).
+divided by the card's measured device-to-device copy bandwidth. `--check` first compares, in fp32, greedy tokens of
+the default static path (rows joining at different steps) with a cache-free greedy loop, and 64 staggered requests
+of mixed prompt lengths, max_tokens, stop strings and sampling settings through the async engine with the eager
+path's tokens for each alone; with `eager` and `compiled` among the variants, the bf16 tokens of both are scored by
+teacher forcing. Writes benchmarks/results/bench_gpu[-<tag>]-<time>.json (and $OUT/bench_gpu[-<tag>].json).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import argparse
 import asyncio
 import json
 import os
+import random
+import statistics
 import sys
 import time
 
@@ -29,8 +32,7 @@ from bench_results import write_results  # noqa: E402  (scripts/ is sys.path[0])
 
 DEVICE = "cuda"  # scripts may point this elsewhere for a dry run of the script itself
 VARIANTS = {"eager": {"static_decode": False}, "graphs": {"static_decode": True, "compile": False},
-            "compiled": {"static_decode": True, "compile": True},  # batch 1 runs padded to a batch of 2
-            "compiled_b1": {"static_decode": True, "compile": True}}  # batch 1 in a bucket of its own
+            "compiled": {"static_decode": True, "compile": True}}
 CONFIGS = {  # Qwen2.5 shapes (vocabulary replaced by the tokenizer's)
     "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                          num_key_value_heads=2, tie_word_embeddings=True),
@@ -104,13 +106,23 @@ def run_engine(engine, batch: int, new_tokens: int) -> tuple[float, float]:
     return tokens / (time.perf_counter() - start), warmup
 
 
+def first_token_ms(engine, repeats: int = 5) -> float:
+    """Median milliseconds of a one-token batch-1 request (template, prefill, first token, the engine's loop)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        generate(engine, ["Tell me about topic 0."], [1])
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
 @torch.inference_mode()
 def graph_step_ms(engine) -> float | None:
-    """Milliseconds per replay of the captured batch-bucket-2 decode step alone (no host work between steps)."""
+    """Milliseconds per replay of the captured batch-1 decode step alone (no host work between steps)."""
     decoder = engine.static
     if decoder is None or not decoder.graphs:
         return None
-    _, (graph, _) = min(decoder.graphs.items())  # batch bucket 2
+    _, (graph, _) = min(decoder.graphs.items())  # batch bucket 1
     decoder.positions.zero_()  # 100 replays write positions 0..99 of idle slots
     torch.cuda.synchronize()
     start = time.perf_counter()
@@ -149,16 +161,100 @@ CHECK_TOKENS = [24, 9, 17, 30]
 
 
 def check(config_name: str, tokenizer) -> dict:
-    """fp32: static path (CUDA graphs, rows joining while others decode) vs a cache-free greedy loop, token for token."""
+    """fp32, the default static path (compiled CUDA graphs): rows joining while others decode vs a cache-free greedy
+    loop, token for token; then the serving-shaped check against the eager path."""
     model = build_model(config_name, len(tokenizer), torch.float32)
     engine = make_engine(model, tokenizer, config_name, static_decode=True)
+    start = time.perf_counter()
     got = generate(engine, CHECK_QUERIES, CHECK_TOKENS, stagger=0.02)
+    compile_s = time.perf_counter() - start
     want = [reference_greedy(model, prompt_ids(engine, q), n) for q, n in zip(CHECK_QUERIES, CHECK_TOKENS)]
+    equal = [g == w for g, w in zip(got, want)]
+    print(f"check fp32 {engine.info.details['decode']} vs cache-free greedy: {sum(equal)}/{len(equal)} requests "
+          f"equal token for token", flush=True)
+    out = {"decode": engine.info.details["decode"], "fp32_equal_requests": sum(equal), "fp32_requests": len(equal),
+           "fp32_first_requests_s": compile_s}
+    try:
+        out["serving"] = serving_check(model, engine, make_engine(model, tokenizer, config_name, static_decode=False))
+    except Exception as e:  # noqa: BLE001  the speed numbers still come
+        out["serving"] = {"error": f"{type(e).__name__}: {e}"}
+        print("serving check failed:", out["serving"]["error"], flush=True)
     del engine, model
     torch.cuda.empty_cache()
-    equal = [g == w for g, w in zip(got, want)]
-    print(f"check fp32 graphs vs cache-free greedy: {sum(equal)}/{len(equal)} requests equal token for token")
-    return {"fp32_graphs_equal_requests": sum(equal), "fp32_requests": len(equal)}
+    return out
+
+
+def serving_requests(count: int = 64, seed: int = 0) -> list[tuple[str, dict]]:
+    """Mixed prompt lengths (a few words to ~300, so some rows outgrow the first 256-position cache), max_tokens,
+    stop strings and sampling settings, as a server sees them."""
+    rng = random.Random(seed)
+    words = "the sea sky wind mountain winter night cold river light stone tree bird song city road".split()
+    out = []
+    for i in range(count):
+        query = f"Request {i}: " + " ".join(rng.choice(words) for _ in range(rng.choice([2, 9, 30, 80, 180, 300])))
+        config = dict(max_tokens=rng.choice([1, 2, 7, 16, 33, 64]), seed=i)
+        kind = i % 4
+        if kind == 0:
+            config.update(temperature=0)
+        elif kind == 1:
+            config.update(temperature=0.8, top_p=0.9)
+        elif kind == 2:
+            config.update(temperature=1.1, top_k=20, repetition_penalty=1.1)
+        else:
+            config.update(temperature=0, stop=[])  # serving_check picks a stop string from the reply
+        out.append((query, config))
+    return out
+
+
+def serving_check(model, static, eager) -> dict:
+    """64 requests arriving staggered through the async engine (as `swift deploy` drives it), each compared with the
+    eager path's tokens for it alone. A difference is reported with the logit gap, under a cache-free forward,
+    between the two tokens where they part (a near-tie is a gap of a few 1e-5 in fp32)."""
+    from swiftcli.protocol import InferRequest, RequestConfig
+
+    def alone(query: str, config: dict):
+        return eager.infer([InferRequest(messages=[{"role": "user", "content": query}])], RequestConfig(**config))[0]
+
+    items = serving_requests()
+    for query, config in items:  # a stop string from the middle of the greedy reply, so that it fires
+        if config.get("stop") == []:
+            text = alone(query, {**config, "stop": []}).choices[0].text
+            config["stop"] = [text[len(text) // 2:].strip()[:2] or "e"]
+    want = [alone(q, c).choices[0] for q, c in items]
+    rng = random.Random(1)
+
+    async def go() -> list:
+        tasks = []
+        for query, config in items:
+            request = InferRequest(messages=[{"role": "user", "content": query}])
+            tasks.append(asyncio.create_task(static.infer_async(request, RequestConfig(**config))))
+            await asyncio.sleep(rng.choice([0, 0, 0.005, 0.02, 0.05]))
+        return await asyncio.gather(*tasks)
+
+    start = time.perf_counter()
+    got = [r.choices[0] for r in asyncio.run(go())]
+    static_s = time.perf_counter() - start
+    differ = []
+    for i, (a, b, (query, config)) in enumerate(zip(got, want, items)):
+        if (a.token_ids, a.finish_reason) == (b.token_ids, b.finish_reason):
+            continue
+        j = next((k for k, (x, y) in enumerate(zip(a.token_ids, b.token_ids)) if x != y), None)
+        entry = {"request": i, "config": config, "static": a.token_ids, "eager": b.token_ids,
+                 "finish": [a.finish_reason, b.finish_reason]}
+        if j is not None:
+            ids = prompt_ids(eager, query) + b.token_ids[:j]
+            with torch.inference_mode():
+                logits = model(input_ids=torch.tensor([ids], device=DEVICE)).logits[0, -1].float()
+            entry.update(position=j, gap=float(logits[b.token_ids[j]] - logits[a.token_ids[j]]),
+                         top_gap=float(logits.topk(2).values[0] - logits.topk(2).values[1]))
+        differ.append(entry)
+    print(f"serving check fp32: {len(items) - len(differ)}/{len(items)} requests equal to the eager path's alone "
+          f"({sum(len(a.token_ids) for a in got)} tokens, {static_s:.1f} s staggered); speculative windows taken: "
+          f"{static.static.taken}", flush=True)
+    for entry in differ:
+        print(f"  differs: {json.dumps(entry)[:400]}")
+    return {"requests": len(items), "equal": len(items) - len(differ), "differ": differ,
+            "tokens": sum(len(a.token_ids) for a in got), "finish_reasons": sorted({a.finish_reason for a in got})}
 
 
 def run_hf(model, tokenizer, batch: int, new_tokens: int) -> float:
@@ -184,6 +280,8 @@ def main() -> None:
     parser.add_argument("--variants", default="eager,graphs,compiled", help=f"of {','.join(VARIANTS)}")
     parser.add_argument("--check", action="store_true", help="correctness checks first")
     parser.add_argument("--profile", action="store_true", help="kernel times of the compiled batch-1 step")
+    parser.add_argument("--tag", default="", help="results file name: bench_gpu-<tag>-<time>.json")
+    parser.add_argument("--batch32", default="1", help="0: skip the batch-32 runs")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -208,11 +306,11 @@ def main() -> None:
     rows, engines = {}, {}
     for name in args.variants.split(","):
         engine = engines[name] = make_engine(model, tokenizer, args.config, **VARIANTS[name])
-        if name == "compiled_b1":
-            engine.static.min_batch = 1
         try:
             b1, warm1 = run_engine(engine, 1, args.new_tokens)
-            row = {"batch1_tok_s": b1, "batch1_mbu": step_bytes * b1 / bandwidth, "warmup_s": warm1}
+            row = {"decode": engine.info.details["decode"], "batch1_tok_s": b1,
+                   "batch1_mbu": step_bytes * b1 / bandwidth, "warmup_s": warm1,
+                   "first_token_ms": first_token_ms(engine)}
             step = graph_step_ms(engine)
             if step is not None:
                 row.update(graph_step_ms=step, graph_mbu=step_bytes / (step / 1e3) / bandwidth)
@@ -220,7 +318,10 @@ def main() -> None:
                 engine.decode_steps = 1  # the host looks at every token
                 row["batch1_one_step_tok_s"] = run_engine(engine, 1, args.new_tokens)[0]
                 engine.decode_steps = 8
-            row["batch32_tok_s"], row["batch32_warmup_s"] = run_engine(engine, 32, args.new_tokens)
+            if args.batch32 != "0":
+                row["batch32_tok_s"], row["batch32_warmup_s"] = run_engine(engine, 32, args.new_tokens)
+            if engine.static is not None:
+                row["speculative_windows_taken"] = engine.static.taken
         except Exception as e:  # noqa: BLE001  one broken variant must not lose the others' numbers
             row = {"error": f"{type(e).__name__}: {e}"}
         rows[name] = row
@@ -239,7 +340,7 @@ def main() -> None:
         print(f"{label:<12}" + "".join(f"{fmt.format(r[key]) if key in r else '-':>14}" for r in rows.values()))
     print(f"{'b32 vs HF':<12}" + "".join(f"{r['batch32_tok_s'] / hf32:>13.2f}x" if "batch32_tok_s" in r else
                                         f"{'-':>14}" for r in rows.values()))
-    write_results("bench_gpu", result)
+    write_results("bench_gpu" + (f"-{args.tag}" if args.tag else ""), result)
 
 
 @torch.inference_mode()
@@ -266,7 +367,7 @@ def profile_step(engine) -> dict:
         out[how] = {"wall_ms": wall * 1e3, "kernel_ms": kernel_us / 1e3,
                     "kernels": sum(e.count for e in events) / 10,
                     "top": [(e.key[:90], e.count / 10, e.device_time_total / 10) for e in
-                            sorted(events, key=lambda e: -e.device_time_total)[:14]]}
+                            sorted(events, key=lambda e: -e.device_time_total)[:40]]}
         print(f"profile {how}: {out[how]['kernels']:.0f} kernels/step, kernel time {kernel_us / 1e3:.3f} ms, "
               f"wall {wall * 1e3:.3f} ms (profiled)")
         for name, count, us in out[how]["top"]:

@@ -7,4 +7,6 @@ if ! command -v chromium >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
-python -m pip install --disable-pip-version-check --root-user-action=ignore -q playwright==1.65.2
+# The interpreter install.sh used: $PYTHON, else `python` (a virtualenv's), else `python3`.
+py="${PYTHON:-$(command -v python || command -v python3)}"
+"$py" -m pip install --disable-pip-version-check --root-user-action=ignore -q playwright==1.65.2

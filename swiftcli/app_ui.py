@@ -37,9 +37,12 @@ def run_app_ui(args: AppUIArguments) -> None:
         logger.warning("Serving the UI on %s without a login: anyone who can reach port %d can use the model.",
                        args.host, args.port)
     # SIGTERM ends like Ctrl+C: gradio closes its server and Python exits normally, so atexit stops vLLM's engine
-    # process (the default action kills only this one and orphans it). Set only now: loading stays killable.
+    # processes (the default action kills only this one and orphans them).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, share=args.share, show_error=True)
+    except KeyboardInterrupt:  # Ctrl+C before gradio's own wait could catch it: the same normal stop
+        demo.close()
 
 
 def make_app(args: AppUIArguments) -> gr.Blocks:

@@ -44,6 +44,9 @@ class ModelArguments:
     """Download from Hugging Face instead of ModelScope (also env USE_HF=1)."""
     lora_modules: list[str] = field(default_factory=list)
     """Extra LoRA adapters as name=path, chosen per request by name."""
+    log_level: str | None = None
+    """DEBUG, INFO, WARNING or ERROR (default: env SWIFT_LOG_LEVEL, else INFO). DEBUG shows everything, vLLM's own
+    log included; otherwise vLLM logs only warnings a user can act on."""
 
 
 @dataclass
@@ -108,9 +111,9 @@ class InferArguments(DatasetArguments, GenerationArguments, TemplateArguments, M
     """Context length (prompt + reply); default: the model's."""
     max_batch_size: int = 16
     """pt backend: most requests decoded together."""
-    torch_compile: bool = False
-    """pt backend on CUDA: torch.compile the decode step before it is captured in CUDA graphs (batch-1 decode 1.8x
-    faster for a 1.5B model on an H100; the first request waits about a minute for the compilation)."""
+    torch_compile: bool | None = None
+    """pt backend: torch.compile the static-cache decode step before it is captured in CUDA graphs. Default: on CUDA
+    (the first request waits for the compilation), off on CPU."""
     save_result: bool | None = None
     """Save each turn to <result_dir>/infer_result/<time>.jsonl (default: on for datasets, off for the REPL)."""
     result_dir: str | None = None
@@ -132,7 +135,11 @@ class InferArguments(DatasetArguments, GenerationArguments, TemplateArguments, M
     gpu_memory_utilization: float = 0.9
     """vllm: fraction of GPU memory for weights and KV cache."""
     tensor_parallel_size: int = 1
-    """vllm: GPUs to shard the model over."""
+    """Split every layer over N processes (vllm: its own; pt: transformers' tensor-parallel plan, one process per
+    GPU, or per CPU core with gloo)."""
+    device_map: str | None = None
+    """pt: place the layers over the visible GPUs in one process (accelerate's device_map, e.g. auto): a model larger
+    than one GPU without --tensor_parallel_size."""
     max_num_seqs: int = 256
     """vllm: most sequences scheduled at once."""
     enforce_eager: bool | None = None
@@ -210,7 +217,10 @@ class InferArguments(DatasetArguments, GenerationArguments, TemplateArguments, M
                 raise ArgumentError(f"--lora_modules takes name=path, got {item!r}")
         for name, path in self.adapters.items():
             check_adapter_dir(name, path)
+        if self.tensor_parallel_size > 1 and self.device_map:
+            raise ArgumentError("--tensor_parallel_size and --device_map both split the model: choose one")
         numbers = [("max_new_tokens", self.max_new_tokens >= 1), ("max_batch_size", self.max_batch_size >= 1),
+                   ("tensor_parallel_size", self.tensor_parallel_size >= 1),
                    ("max_model_len", self.max_model_len is None or self.max_model_len >= 16),
                    ("temperature", self.temperature is None or 0 <= self.temperature <= 2),
                    ("top_p", self.top_p is None or 0 < self.top_p <= 1),
@@ -472,7 +482,7 @@ class SftArguments(DatasetArguments, TemplateArguments, ModelArguments):
     lora_dropout: float = 0.05
     """Dropout on the LoRA input."""
     lora_target_modules: list[str] = field(default_factory=lambda: ["DEFAULT"])
-    """Layers that get a LoRA: DEFAULT (peft's choice for the architecture: attention projections), ALL (every linear
+    """Layers that get a LoRA: DEFAULT (the attention's q/k/v projections, by the model's own names), ALL (every linear
     layer but the output head) or module names, e.g. q_proj v_proj."""
     learning_rate: float | None = None
     """Peak learning rate (default: 1e-4 for lora, 1e-5 for full)."""
@@ -519,6 +529,13 @@ class SftArguments(DatasetArguments, TemplateArguments, ModelArguments):
     deepspeed: str | None = None
     """DeepSpeed ZeRO for multi-GPU training past one GPU's memory: zero2 (optimizer states and gradients sharded),
     zero3 (the weights too), or a DeepSpeed JSON config file. Needs `pip install deepspeed` and CUDA GPUs."""
+    fsdp: str | None = None
+    """Fully sharded data parallelism (PyTorch FSDP2) over NPROC_PER_NODE processes, for models past one device's
+    memory: full_shard (weights, gradients and optimizer state sharded), shard_grad_op (weights kept whole from
+    forward to backward), plus offload (CUDA: parameters in CPU memory); or an fsdp_config JSON file. On CPU (gloo)
+    full_shard only."""
+    fsdp_config: str | None = None
+    """A JSON file of transformers' fsdp_config keys (e.g. {"cpu_ram_efficient_loading": true}) for --fsdp."""
 
     def __post_init__(self) -> None:
         if self.use_hf is None:
@@ -567,6 +584,8 @@ class SftArguments(DatasetArguments, TemplateArguments, ModelArguments):
                 if not 1 <= len(values) <= 2 or not all(v.strip() for v in values):
                     raise ArgumentError(f"--self_cognition_sample needs --{name} ZH EN (e.g. --model_name 小黄 "
                                         f"'Xiao Huang' --model_author 魔搭 ModelScope), got {values or 'none'}")
+        if self.fsdp or self.fsdp_config:
+            self._check_fsdp()
         if self.deepspeed:
             self._check_deepspeed()
         if self.resume_from_checkpoint:
@@ -598,6 +617,18 @@ class SftArguments(DatasetArguments, TemplateArguments, ModelArguments):
                                 "(on a CUDA machine)")
         if default_device() != "cuda":
             raise ArgumentError(f"--deepspeed {self.deepspeed} needs CUDA GPUs: drop it to train on CPU")
+
+    def _check_fsdp(self) -> None:
+        """A readable plan that this device's FSDP engine can run (train/fsdp.py), checked before anything loads."""
+        from .model import default_device
+        from .train.fsdp import check_plan, parse_fsdp
+
+        if self.deepspeed:
+            raise ArgumentError("--fsdp and --deepspeed both shard the model: choose one")
+        if self.fsdp_config and not self.fsdp:
+            raise ArgumentError("--fsdp_config needs --fsdp")
+        check_plan(parse_fsdp(self.fsdp, self.fsdp_config), default_device(), world_size(),
+                   bool(self.resume_from_checkpoint))
 
     def _check_output_dir(self) -> None:
         """Fail now, not after loading the model, when the runs can't be written (the nearest existing ancestor)."""

@@ -1,9 +1,10 @@
 """The `swift` command. Each subcommand is one line: flags -> argument dataclass -> run_<cmd>(args)."""
 from __future__ import annotations
 
-import logging
-import os
+import signal
 import sys
+import threading
+from types import FrameType
 
 import typer
 
@@ -14,6 +15,7 @@ from typing import Any
 from .arguments import AppUIArguments, DeployArguments, ExportArguments, InferArguments, SftArguments
 from .cli_args import command_from_dataclass
 from .errors import SwiftError
+from .log import setup_logging
 
 app = typer.Typer(name="swift", help="Inference, serving, export and fine-tuning of LLMs, from one command.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -36,7 +38,13 @@ COMMANDS = [
 
 def lazy_runner(target: str) -> Callable[[Any], Any]:
     module, function = target.split(":")
-    return lambda args: getattr(importlib.import_module(f".{module}", __package__), function)(args)
+
+    def run(args: Any) -> Any:
+        if args.log_level:
+            setup_logging(args.log_level)
+        return getattr(importlib.import_module(f".{module}", __package__), function)(args)
+
+    return run
 
 
 for _name, _cls, _target, _help in COMMANDS:
@@ -58,17 +66,17 @@ def list_models() -> None:
     Console().print(table)
 
 
-def setup_logging() -> None:
-    level = os.environ.get("SWIFT_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=logging.WARNING, format="[%(levelname)s] %(message)s", stream=sys.stderr)
-    logging.getLogger("swiftcli").setLevel(level)
-    for noisy in ("transformers", "huggingface_hub", "modelscope"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    from transformers.utils import logging as hf_logging
+def exit_on_signals() -> None:
+    """SIGTERM and SIGHUP (a closed terminal) end a command as an error would, through `finally` blocks and atexit,
+    so a vLLM engine's processes are stopped with it (their default action would orphan them). `swift deploy` and
+    `swift app-ui` install their own handlers once they serve."""
+    def handle(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threading.current_thread() is not threading.main_thread():  # main() called from a thread (tests)
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handle)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-"):
         argv[0] = argv[0].replace("_", "-")  # ms-swift accepts app_ui and app-ui
+    exit_on_signals()
     setup_logging()
     command = typer.main.get_command(app)
     try:

@@ -95,22 +95,23 @@ def from_swift(item: dict[str, Any]) -> Messages:
 
 
 def from_alpaca(item: dict[str, Any]) -> Messages:
-    """alpaca: instruction, input (on a new line after it), output."""
+    """alpaca: instruction, input (on a new line after it), output, system, history (ms-swift's AlpacaPreprocessor)."""
     instruction, extra = _text(item, "instruction", required=True), _text(item, "input")
-    messages = to_messages(f"{instruction}\n{extra}" if extra else instruction, None, _text(item, "system"))
+    query = f"{instruction}\n{extra}" if extra else instruction
+    messages = to_messages(query, _history(item.get("history")), _text(item, "system"))
     return _with_reply(messages, _text(item, "output"))
 
 
 def from_openai(item: dict[str, Any]) -> Messages:
-    """OpenAI: messages [{role, content}, ...] (normalize_messages checks roles, order and content)."""
+    """OpenAI: messages [{role, content}, ...] (normalize_messages checks roles, order and content), system."""
     messages = item.get("messages")
     if not isinstance(messages, list):
         raise ArgumentError("`messages` must be a list of {role, content}")
-    return messages
+    return _with_system(messages, _text(item, "system"))
 
 
 def from_sharegpt(item: dict[str, Any]) -> Messages:
-    """sharegpt: conversations [{from: human|gpt|system, value}, ...]."""
+    """sharegpt: conversations [{from: human|gpt|system, value}, ...], system."""
     turns = item.get("conversations")
     if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
         raise ArgumentError("`conversations` must be a list of {from, value}")
@@ -119,26 +120,103 @@ def from_sharegpt(item: dict[str, Any]) -> Messages:
         if turn.get("from") not in SHAREGPT_ROLES:
             raise ArgumentError(f"`from` must be one of {', '.join(SHAREGPT_ROLES)}, got {turn.get('from')!r}")
         messages.append({"role": SHAREGPT_ROLES[turn["from"]], "content": turn.get("value")})
-    return messages
+    return _with_system(messages, _text(item, "system"))
 
 
-FORMATS: list[tuple[str, Callable[[dict[str, Any]], Messages]]] = [
-    ("messages", from_openai), ("conversations", from_sharegpt), ("instruction", from_alpaca), ("query", from_swift)]
-"""The column that identifies each format, in the order they are tried."""
+def from_conversation(item: dict[str, Any]) -> Messages:
+    """ms-swift's other sharegpt: conversation [{human, assistant}, ...], system."""
+    pairs = item.get("conversation")
+    if isinstance(pairs, str):  # how csv holds it
+        try:
+            pairs = ast.literal_eval(pairs)
+        except (ValueError, SyntaxError):
+            pairs = None
+    if not isinstance(pairs, list) or not pairs or not all(isinstance(p, dict) for p in pairs):
+        raise ArgumentError("`conversation` must be a non-empty list of {human, assistant}")
+    messages: Messages = []
+    for i, pair in enumerate(pairs):
+        human, assistant = pair.get("human"), pair.get("assistant")
+        if not isinstance(human, str) or not (isinstance(assistant, str) or assistant is None and i == len(pairs) - 1):
+            raise ArgumentError("`conversation` turns must be {human: text, assistant: text}")
+        messages += [{"role": "user", "content": human}] + _with_reply([], assistant)
+    return _with_system(messages, _text(item, "system"))
 
 
-def detect_format(columns: list[str], source: str) -> Callable[[dict[str, Any]], Messages]:
-    for column, convert in FORMATS:
-        if column in columns:
-            return convert
-    raise ArgumentError(f"dataset {source!r} has no known format (columns: {', '.join(columns) or 'none'}): expected "
-                        "query/response (ms-swift), messages (OpenAI), instruction/input/output (alpaca) or "
-                        "conversations (sharegpt)")
+def _with_system(messages: Messages, system: str | None) -> Messages:
+    """A row's top-level `system` as the first message; one that contradicts a system message is an error."""
+    if system is None:
+        return messages
+    first = messages[0] if messages and isinstance(messages[0], dict) else {}
+    if first.get("role") == "system":
+        if first.get("content") != system:
+            raise ArgumentError("`system` differs from the row's own system message: keep one of them")
+        return messages
+    return [{"role": "system", "content": system}] + messages
 
 
-def to_row(key: str, item: dict[str, Any], convert: Callable[[dict[str, Any]], Messages]) -> Row:
+@dataclass(frozen=True)
+class Format:
+    """A row format: the keys that identify it (any one present and non-null) and every key it reads."""
+
+    name: str
+    keys: tuple[str, ...]
+    fields: tuple[str, ...]
+    convert: Callable[[dict[str, Any]], Messages]
+
+
+FORMATS = [
+    Format("messages (OpenAI)", ("messages",), ("messages", "system"), from_openai),
+    Format("conversations (sharegpt)", ("conversations",), ("conversations", "system"), from_sharegpt),
+    Format("conversation (sharegpt)", ("conversation",), ("conversation", "system"), from_conversation),
+    Format("instruction/input/output (alpaca)", ("instruction",), ("instruction", "input", "output", "system",
+                                                                     "history"), from_alpaca),
+    Format("query/response (ms-swift)", ("query", "response"), ("query", "response", "history", "system"),
+           from_swift),
+]
+"""Every row format, told apart per row: a file (or a hub dataset) may mix them."""
+FORMAT_KEYS = {key for fmt in FORMATS for key in fmt.keys}
+FORMAT_FIELDS = {key for fmt in FORMATS for key in fmt.fields}
+
+_EXPECTED = ("expected query/response (ms-swift), messages (OpenAI), instruction/input/output (alpaca) or "
+             "conversations / conversation (sharegpt)")
+
+
+UNSUPPORTED_FIELDS = ("tools", "images", "videos", "audios")
+"""ms-swift row fields for agents and multimodal models, which text-only rows here would silently lose."""
+
+
+def row_format(item: dict[str, Any]) -> Format:
+    """The format of one row, from the keys it holds (present and non-null: `datasets` gives every row of a file
+    every column, null where the row had none). A format field the row's format does not read is an error, not
+    silently dropped."""
+    present = [key for key in item if key in FORMAT_FIELDS and item[key] is not None]
+    matches = [fmt for fmt in FORMATS if set(fmt.keys) & set(present)]
+    if not matches:
+        held = [key for key, value in item.items() if value is not None]
+        raise ArgumentError(f"no known format (keys: {', '.join(held) or 'none'}): {_EXPECTED}")
+    if len(matches) > 1:
+        raise ArgumentError(f"the row mixes formats: {' and '.join(f'`{m.keys[0]}`' for m in matches)}")
+    fmt = matches[0]
+    unsupported = [key for key in UNSUPPORTED_FIELDS if item.get(key) not in (None, "", "[]", [])]
+    if unsupported:
+        raise ArgumentError(f"{', '.join(f'`{k}`' for k in unsupported)}: agent and multimodal rows are not supported")
+    unread = [key for key in present if key not in fmt.fields and item[key] not in ("", [])]
+    if unread:
+        raise ArgumentError(f"{', '.join(f'`{k}`' for k in unread)} is not a field of the {fmt.name} format "
+                            f"(it reads {', '.join(fmt.fields)})")
+    return fmt
+
+
+def check_columns(columns: list[str], source: str) -> None:
+    """A dataset none of whose columns names a format is refused whole (a wrong file, not bad rows)."""
+    if not FORMAT_KEYS & set(columns):
+        raise ArgumentError(f"dataset {source!r} has no known format (columns: {', '.join(columns) or 'none'}): "
+                            f"{_EXPECTED}")
+
+
+def to_row(key: str, item: dict[str, Any]) -> Row:
     try:
-        messages = normalize_messages(convert(item))
+        messages = normalize_messages(row_format(item).convert(item))
         if messages[-1]["role"] == "assistant" and not messages[-1]["content"]:
             messages = messages[:-1]  # an empty reply is no label
         query = messages[-1] if messages[-1]["role"] == "user" else messages[-2]
@@ -158,6 +236,16 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
     return spec, None
 
 
+def absolute_spec(spec: str) -> str:
+    """A local dataset as an absolute path (`#N` kept): what an args.json records, so that `--load_dataset_config`
+    finds it from any directory. Hub ids are returned as they are."""
+    source, count = parse_spec(spec)
+    path = os.path.expanduser(source)
+    if not os.path.exists(path):
+        return spec
+    return os.path.abspath(path) + ("" if count is None else f"#{count}")
+
+
 def _is_hub_id(source: str) -> bool:
     """`owner/name` or `owner/name:subset`; anything else that does not exist is a missing local path."""
     repo = source.split(":", 1)[0]
@@ -169,6 +257,7 @@ def load_source(source: str, use_hf: bool = False) -> Any:
     """A file, a `save_to_disk` directory or a hub dataset (its train split) as a `datasets.Dataset`."""
     import datasets
 
+    datasets.disable_progress_bars()  # "Generating train split: ..." for every file read: noise beside our log
     path = os.path.expanduser(source)
     try:
         if os.path.isdir(path):
@@ -231,8 +320,8 @@ def load_rows(spec: str, use_hf: bool = False, seed: int = 42) -> list[Row]:
     """One `--dataset` item (`#N` sampled with `seed`) as rows; a missing path or unknown format raises."""
     source, count = parse_spec(spec)
     data = load_source(source, use_hf)
-    convert = detect_format(list(data.column_names), source)
-    rows = [to_row(f"{source}:{i}", item, convert) for i, item in enumerate(data)]
+    check_columns(list(data.column_names), source)
+    rows = [to_row(f"{source}:{i}", item) for i, item in enumerate(data)]
     return sample_rows(rows, count, seed)
 
 

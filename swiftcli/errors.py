@@ -10,6 +10,11 @@ class SwiftError(Exception):
 class ArgumentError(SwiftError):
     """A command-line or config value that cannot be used."""
 
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+        """The request field at fault (the server's `param`), where there is one."""
+
 
 class ModelNotFoundError(SwiftError):
     """A model_type, hub id, checkpoint or adapter that does not exist."""

@@ -94,6 +94,7 @@ def read_input(state: ReplState, stdin: TextIO, tty: bool) -> str:
                     return "\n".join(lines)
                 raise EOFError
             line = line.rstrip("\n")
+        line = replace_undecodable(line, getattr(stdin, "encoding", None) or "utf-8")
         if not state.multi_line or (not lines and line.strip().lower() in COMMANDS):
             return line  # commands work as a single line in multi-line mode too
         if line.endswith("#"):
@@ -101,6 +102,19 @@ def read_input(state: ReplState, stdin: TextIO, tty: bool) -> str:
             return "\n".join(lines)
         lines.append(line)
         prompt = ""
+
+
+def replace_undecodable(line: str, encoding: str) -> str:
+    """A line read with errors='surrogateescape' (a terminal in another encoding, a cut multi-byte character): its
+    undecodable bytes become U+FFFD, and the user is told."""
+    try:
+        fixed = line.encode(encoding, "surrogateescape").decode(encoding, "replace")
+    except UnicodeEncodeError:  # a lone surrogate that no decoder made (text handed over as str)
+        fixed = line.encode(encoding, "replace").decode(encoding)
+    if fixed != line:
+        print(f"warning: the input is not valid {encoding}: its undecodable bytes were replaced with U+FFFD (\ufffd)",
+              file=sys.stderr, flush=True)
+    return fixed
 
 
 def run_repl(engine: InferEngine, args: InferArguments, stdin: TextIO | None = None,
@@ -114,7 +128,11 @@ def run_repl(engine: InferEngine, args: InferArguments, stdin: TextIO | None = N
             "The current template only supports single-round dialogues."]
         print("\n".join(lines), file=sys.stderr)
     save_to = result_path(args) if args.save_result else None
-    state, errors = ReplState(system=args.system), 0
+    if hasattr(stdin, "reconfigure"):  # bytes that are not UTF-8 reach read_input as surrogates, not as a crash
+        stdin.reconfigure(errors="surrogateescape")
+    # No system message of our own: --system (or the one a checkpoint restores) is already the template's default,
+    # so a query is rendered exactly as the training rows were (an explicit '' would render an empty system block).
+    state, errors = ReplState(), 0
     while True:
         try:
             text = read_input(state, stdin, tty)

@@ -111,7 +111,7 @@ def evaluate(engine: InferEngine, args: InferArguments, rows: list[Row], path: s
             ready = [item for item in items if item.error is None]
             at_once = args.max_num_seqs if engine.info.backend == "vllm" else args.max_batch_size
             asyncio.run(generate(engine, ready, at_once, recorder.record))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM / SIGHUP (swift's handler raises SystemExit)
         if path:
             print(f"Interrupted: {len(previous) + len(recorder.lines)} rows are in {path}; finish the run with "
                   f"--resume true --result_path {path}", file=sys.stderr)

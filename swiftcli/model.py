@@ -160,12 +160,27 @@ def default_device() -> str:
 
 
 def load_tokenizer(model_dir: str, trust_remote_code: bool = False) -> Any:
+    """The checkpoint's tokenizer, carrying `generation_eos_token_ids` (generation_eos_token_ids()): the template's
+    stop_token_ids, which every engine and command stops on, read them there."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.generation_eos_token_ids = generation_eos_token_ids(model_dir)
     return tokenizer
+
+
+def generation_eos_token_ids(model_dir: str) -> list[int]:
+    """generation_config.json's `eos_token_id` (an id or a list of them) as a list: every id with which the model
+    ends a turn (Llama-3.1: <|end_of_text|>, <|eom_id|>, <|eot_id|>). HF `generate` and vLLM stop on each."""
+    path = os.path.join(model_dir, "generation_config.json")
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        eos = json.load(f).get("eos_token_id")
+    eos = eos if isinstance(eos, list) else [eos]
+    return [tid for tid in eos if isinstance(tid, int)]
 
 
 def load_model(model_dir: str, torch_dtype: Any, device: str, trust_remote_code: bool = False,

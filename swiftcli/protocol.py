@@ -28,6 +28,15 @@ class RequestConfig:
     logprobs: bool = False
     top_logprobs: int | None = None
     ignore_eos: bool = False
+    """Ignore the model's end-of-turn ids and stop words (not the request's own `stop`/`stop_token_ids`)."""
+    stop_token_ids: list[int] = field(default_factory=list)
+    """Token ids that end a reply, on top of the model's own (vLLM's field)."""
+    min_tokens: int = 0
+    """No stop (id or string) before this many tokens (vLLM's field)."""
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    """Added to these token ids' logits before sampling (OpenAI's field: -100 bans, 100 forces)."""
+    prompt_logprobs: int | None = None
+    """Logprob of every prompt token (the first has none) with this many top alternatives; None: off."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -44,10 +53,19 @@ class RequestConfig:
             (1 <= self.n <= 16, "n", "must be in [1, 16]"),
             (self.top_logprobs is None or 0 <= self.top_logprobs <= 20, "top_logprobs", "must be in [0, 20]"),
             (all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings"),
+            (all(isinstance(i, int) and i >= 0 for i in self.stop_token_ids), "stop_token_ids",
+             "must be token ids (integers >= 0)"),
+            (self.min_tokens >= 0, "min_tokens", "must be >= 0"),
+            (self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",
+             f"must be <= max_tokens ({self.max_tokens})"),
+            (all(isinstance(i, int) and i >= 0 for i in self.logit_bias), "logit_bias", "keys must be token ids"),
+            (all(-100 <= v <= 100 for v in self.logit_bias.values()), "logit_bias", "values must be in [-100, 100]"),
+            (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20, "prompt_logprobs", "must be in [0, 20]"),
+            (self.n == 1 or self.temperature != 0, "n", "must be 1 when using greedy sampling (temperature 0)"),
         ]
         for ok, name, why in checks:
             if not ok:
-                raise ArgumentError(f"{name} {why}, got {getattr(self, name)!r}")
+                raise ArgumentError(f"{name} {why}, got {getattr(self, name)!r}", param=name)
 
     def replace(self, **changes: Any) -> "RequestConfig":
         values = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -57,12 +75,16 @@ class RequestConfig:
 
 @dataclass
 class InferRequest:
-    """A chat (`messages`) or a raw completion (`prompt`, no template)."""
+    """A chat (`messages`) or a raw completion (`prompt`, no template: text, or token ids as OpenAI allows)."""
 
     messages: Messages | None = None
-    prompt: str | None = None
+    prompt: str | list[int] | None = None
     adapter: str | None = None
     """LoRA adapter name; None is the base model."""
+    add_generation_prompt: bool = True
+    """Open the assistant's turn after the messages (vLLM's field); after a final assistant message, a new turn."""
+    continue_final_message: bool = False
+    """Leave the final message open and continue it (vLLM's field; ms-swift's response prefix): a prefill."""
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -71,6 +93,10 @@ class InferRequest:
             self.messages = normalize_messages(self.messages)
         elif not self.prompt:
             raise ArgumentError("prompt must not be empty")
+        elif isinstance(self.prompt, str):
+            valid_text(self.prompt, "prompt", "prompt")
+        elif isinstance(self.prompt, list) and not all(isinstance(i, int) and i >= 0 for i in self.prompt):
+            raise ArgumentError("a prompt list must hold token ids (integers >= 0)")
 
     @classmethod
     def from_query(cls, query: str, history: History | None = None, system: str | None = None,
@@ -84,8 +110,14 @@ FinishReason = Literal["stop", "length", "abort"]
 @dataclass
 class TokenLogprob:
     token: str
-    logprob: float
+    logprob: float | None
+    """None only for a prompt's first token (nothing precedes it)."""
     top: list[tuple[str, float]] = field(default_factory=list)
+    token_id: int | None = None
+    rank: int | None = None
+    """1 + how many tokens the model found likelier (set for prompt logprobs, as vLLM reports them)."""
+    top_ids: list[int] = field(default_factory=list)
+    """The token ids of `top`, in its order (prompt logprobs)."""
 
 
 @dataclass
@@ -101,6 +133,8 @@ class Choice:
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    """Prompt tokens whose KV cache was reused (vLLM's prefix cache; the pt engine has none)."""
 
     @property
     def total_tokens(self) -> int:
@@ -111,6 +145,8 @@ class Usage:
 class InferResponse:
     choices: list[Choice]
     usage: Usage
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """Per prompt token when RequestConfig.prompt_logprobs is set; the first is None (nothing precedes it)."""
 
     @property
     def text(self) -> str:
@@ -127,6 +163,10 @@ class StreamDelta:
     logprobs: list[TokenLogprob] | None = None
     usage: Usage | None = None
     """Set on the last delta of the whole request."""
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """Set on the first delta of a request that asked for them (RequestConfig.prompt_logprobs)."""
+    completion_tokens: int | None = None
+    """Tokens this choice has generated so far (for streamed usage)."""
 
 
 def content_text(content: Union[str, list, None]) -> str:
@@ -146,6 +186,17 @@ def content_text(content: Union[str, list, None]) -> str:
     raise ArgumentError(f"message content must be a string or a list of text parts, got {type(content).__name__}")
 
 
+def valid_text(text: str, name: str, param: str) -> str:
+    """`text` if it is valid Unicode. JSON (and Python) strings can hold lone surrogates ("\\ud800": half of a
+    character outside the BMP), which no tokenizer encodes: the sender's error, found here rather than in the engine."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ArgumentError(f"{name} is not valid Unicode: a lone surrogate {text[e.start]!r} at character "
+                            f"{e.start} (a character outside the BMP must be a surrogate pair)", param=param) from None
+    return text
+
+
 def normalize_messages(messages: Messages) -> Messages:
     """Check roles and order: [system], user, assistant, user, ..., ending with user (infer) or assistant (train)."""
     if not isinstance(messages, list) or not messages:
@@ -159,7 +210,10 @@ def normalize_messages(messages: Messages) -> Messages:
             raise ArgumentError(f"messages[{i}].role must be system, user or assistant, got {role!r}")
         if role == "system" and i != 0:
             raise ArgumentError(f"messages[{i}]: a system message must come first")
-        out.append({"role": role, "content": content_text(m.get("content"))})
+        out.append({"role": role, "content": valid_text(content_text(m.get("content")), f"messages[{i}].content",
+                                                        "messages")})
+        if m.get("name"):  # OpenAI's participant name, for chat templates that write it
+            out[-1]["name"] = m["name"]
     turns = out[1:] if out[0]["role"] == "system" else out
     if not turns:
         raise ArgumentError("messages must contain a user message")

@@ -153,3 +153,52 @@ def serve_in_thread(engine, **deploy_args) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+# ---- the model-family matrix: tiny checkpoints of Qwen2.5, Qwen3, Llama-3.1, Mistral, Gemma-2, Phi-3, a base model -
+@pytest.fixture(scope="session")
+def families(tmp_path_factory: pytest.TempPathFactory):
+    """`families(name)` -> the directory of that family's tiny checkpoint (tests/families.py), built on first use;
+    `families.forced(name, token)` -> a copy whose greedy decoding emits `token` first."""
+    from families import FamilyBuilder
+
+    return FamilyBuilder(tmp_path_factory.mktemp("families"))
+
+
+# ---- vLLM's processes as a user meets them: a quiet start, a clean stop, no process left behind -----------------
+VLLM_NOISE = ("force killing", "leaked semaphore", "leaked shared_memory", "resource_tracker", "Triton", "NUMA",
+              "LD_PRELOAD", "FutureWarning", "DeprecationWarning", "Traceback", "EngineDeadError")
+"""What vLLM commands printed before issue 15 (item 5): start-up warnings, force-kills, leaks, dead engines."""
+
+
+def assert_quiet_vllm(output: str) -> None:
+    """No line of VLLM_NOISE and no WARNING line of vLLM's own (`(EngineCore pid=N) WARNING ...`) in `output`."""
+    import re
+
+    found = [line for line in output.splitlines()
+             if any(word in line for word in VLLM_NOISE) or re.search(r"pid=\d+\) WARNING", line)]
+    assert not found, "\n".join(found)
+
+
+def descendants(pid: int) -> list:
+    """The processes `pid` started, and theirs (vLLM's engine core and workers): psutil.Process objects."""
+    import psutil
+
+    return psutil.Process(pid).children(recursive=True)
+
+
+def assert_all_exited(processes: list, within: float = 5) -> None:
+    """Every process in `processes` has exited within `within` seconds (the command waited for them)."""
+    import psutil
+
+    def running(p) -> bool:
+        try:
+            return p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    _, alive = psutil.wait_procs(processes, timeout=within)
+    left = [(p, p.name()) for p in alive if running(p)]
+    for p, _ in left:
+        p.kill()
+    assert not left, f"left running: {[name for _, name in left]}"

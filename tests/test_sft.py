@@ -422,3 +422,64 @@ def test_deepspeed_builtin_configs(tmp_path: Path):
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"zero_optimization": {"stage": 1}}))
     assert zero_stage(deepspeed_config(str(path))) == 1
+
+
+# ---- FSDP: sharded data parallelism ------------------------------------------------------------------------------
+def test_fsdp_two_processes_train_like_one(tiny_run):
+    """NPROC_PER_NODE=2 --fsdp full_shard (transformers' FSDP2 over gloo on CPU) at batch 2 each = the one-process run
+    at batch 4, step for step; the LoRA checkpoint it writes is a plain peft adapter that `--ckpt_dir` answers with."""
+    cwd, datasets, single = tiny_run
+    proc = swift("sft", "--dataset", datasets[0], "--batch_size", "2", *TINY, "--output_dir", "fsdp",
+                 "--fsdp", "full_shard auto_wrap", cwd=cwd, timeout=900, env={"NPROC_PER_NODE": "2"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = last_checkpoint(proc).parent
+    assert [p.name for p in checkpoints(run)] == ["checkpoint-3", "checkpoint-6"]
+    adapter = run / "checkpoint-6" / "adapter_model.safetensors"
+    from safetensors.torch import load_file
+
+    weights = load_file(str(adapter))
+    assert weights and all("lora_" in k for k in weights)  # whole tensors, not one rank's shard
+    one, two = step_losses(single), step_losses(run)
+    assert sorted(two) == sorted(one) == [1, 2, 3, 4, 5, 6]
+    for step in one:
+        assert two[step] == pytest.approx(one[step], rel=0.02), (one, two)
+    out = swift("infer", "--ckpt_dir", str(run / "checkpoint-6"), "--infer_backend", "pt", "--max_new_tokens", "8",
+                cwd=cwd, timeout=600, stdin="What is the capital of France?\n")
+    assert out.returncode == 0 and "default-lora" in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("flags, env, expected", [
+    (["--fsdp", "full_shard"], {}, "NPROC_PER_NODE"),
+    (["--fsdp", "shard_grad_op"], {"NPROC_PER_NODE": "2"}, "full_shard only"),
+    (["--fsdp", "full_shard", "--deepspeed", "zero2"], {"NPROC_PER_NODE": "2"}, "choose one"),
+    (["--fsdp", "full_shard sideways"], {"NPROC_PER_NODE": "2"}, "unknown option 'sideways'"),
+    (["--fsdp_config", "fsdp.json"], {"NPROC_PER_NODE": "2"}, "needs --fsdp"),
+    (["--fsdp", "missing.json"], {"NPROC_PER_NODE": "2"}, "does not exist"),
+])
+def test_bad_fsdp_is_one_line_before_any_process(flags, env, expected, tmp_path: Path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "fsdp.json").write_text("{}")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as exc:
+        main(["sft", "--dataset", write_datasets(tmp_path)[0], *flags])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("swift: error: ") and expected in err, err
+    assert not (tmp_path / "output").exists()
+
+
+def test_fsdp_plan_words_and_config(tmp_path: Path):
+    """ms-swift's / transformers' words, or a JSON file of fsdp_config keys; on CUDA they become the Trainer's FSDP2."""
+    from swiftcli.train.fsdp import parse_fsdp, training_kwargs
+
+    plan = parse_fsdp("shard_grad_op auto_wrap offload", None)
+    assert (plan.mode, plan.offload) == ("shard_grad_op", True)
+    config = tmp_path / "fsdp.json"
+    config.write_text(json.dumps({"fsdp_reshard_after_forward": False, "cpu_ram_efficient_loading": True}))
+    plan = parse_fsdp(str(config), None)
+    assert plan.mode == "shard_grad_op" and plan.config["cpu_ram_efficient_loading"] is True
+    cuda = training_kwargs(parse_fsdp("full_shard", None), "cuda", gradient_checkpointing=True)
+    assert cuda["fsdp"] is True and cuda["gradient_checkpointing"] is False
+    assert cuda["fsdp_config"]["activation_checkpointing"] is True and cuda["fsdp_config"]["version"] == 2
+    assert training_kwargs(plan, "cpu", False) == {"save_only_model": True}

@@ -438,9 +438,10 @@ def test_single_round_template_rejects_history(tok):
         t.encode(Q2, history=[[Q1, R1]])
 
 
-def test_system_on_a_template_without_system(tok):
-    with pytest.raises(ArgumentError, match="system"):
-        get_template("default-generation", tok).encode(Q1, system=SYSTEM)
+def test_system_on_a_template_without_system_goes_in_front_of_the_query(tok):
+    """ms-swift and vLLM fold it (Gemma-3's own rule), rather than refusing (issue 15 item 3)."""
+    template = get_template("default-generation", tok)
+    assert template.encode(Q1, system=SYSTEM).input_ids == template.encode(f"{SYSTEM}\n\n{Q1}").input_ids
 
 
 def test_get_template_returns_an_independent_copy(tok):

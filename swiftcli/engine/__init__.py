@@ -1,6 +1,7 @@
 """`get_engine(args)`: arguments -> model, template and backend -> one InferEngine."""
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -100,6 +101,19 @@ def get_engine(args: InferArguments) -> InferEngine:
         return VllmEngine.from_arguments(args, meta, template, info, default_config)
     from .pt_engine import PtEngine
 
-    model = load_model(model_dir, torch_dtype, device, meta.trust_remote_code)
+    tp, load_kwargs = None, {"device_map": args.device_map} if args.device_map else {}
+    if args.tensor_parallel_size > 1:
+        from . import tensor_parallel
+
+        tensor_parallel.check(args.tensor_parallel_size, model_dir, device, args.adapters, meta.trust_remote_code)
+        worker = bool(os.environ.get(tensor_parallel.WORKER_ENV))
+        tp = tensor_parallel.join(device) if worker else tensor_parallel.start(args, device)
+        load_kwargs = tensor_parallel.load_kwargs(args.tensor_parallel_size)
+        info.details["tensor parallel"] = f"{tp.size} ranks"
+    model = load_model(model_dir, torch_dtype, device, meta.trust_remote_code, **load_kwargs)
     static_decode = None if args.enforce_eager is None else not args.enforce_eager
-    return PtEngine(model, template, info, default_config, args.max_batch_size, static_decode, args.torch_compile)
+    engine = PtEngine(model, template, info, default_config, args.max_batch_size, static_decode, args.torch_compile,
+                      tp=tp)
+    if tp is not None and tp.rank == 0:
+        atexit.register(engine.close)
+    return engine

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ContextLengthError, ModelNotFoundError
+from ..errors import ArgumentError, ContextLengthError, ModelNotFoundError
 from ..protocol import InferRequest, InferResponse, RequestConfig, StreamDelta
 from ..template import Encoded, Template
 
@@ -85,9 +85,23 @@ class InferEngine(ABC):
     def encode(self, request: InferRequest) -> Encoded:
         if request.adapter is not None and request.adapter not in self.info.adapters:
             raise ModelNotFoundError(f"unknown adapter {request.adapter!r}; loaded: {list(self.info.adapters)}")
+        if isinstance(request.prompt, list):  # token ids, taken as they are (OpenAI's int[] prompt)
+            self.check_token_ids(request.prompt, "prompt")
+            return Encoded(list(request.prompt))
         if request.prompt is not None:
             return self.template.encode_prompt(request.prompt)
-        return self.template.encode(request.messages)
+        return self.template.encode(request.messages, add_generation_prompt=request.add_generation_prompt,
+                                    continue_final_message=request.continue_final_message)
+
+    def check_token_ids(self, ids: Iterable[int], name: str) -> None:
+        """Token ids a client sent must exist in the vocabulary (else 400, not an engine failure)."""
+        ids = list(ids)
+        if not ids:
+            return
+        vocab = len(self.template.tokenizer)
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise ArgumentError(f"{name}: token id(s) {bad[:5]} outside the vocabulary [0, {vocab})", param=name)
 
     def resolve_config(self, config: RequestConfig | None, prompt_tokens: int) -> RequestConfig:
         """Defaults filled in, max_tokens clipped to the context (vLLM's rule when it is not given)."""
@@ -96,6 +110,8 @@ class InferEngine(ABC):
             config = self.default_config.replace(**{**vars(config), "stop": stop})
         else:
             config = self.default_config
+        self.check_token_ids(config.stop_token_ids, "stop_token_ids")
+        self.check_token_ids(config.logit_bias, "logit_bias")
         room = self.info.max_model_len - prompt_tokens
         if room <= 0:
             raise ContextLengthError(prompt_tokens, self.info.max_model_len)

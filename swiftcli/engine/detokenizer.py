@@ -11,8 +11,10 @@ _CONTEXT_TOKENS = 5
 class IncrementalDetokenizer:
     """vLLM's prefix/read-offset scheme: decode a short window and emit only text that has settled."""
 
-    def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: list[str] | None = None):
+    def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: list[str] | None = None, min_tokens: int = 0):
+        """min_tokens: text of the first that many tokens never ends the reply (vLLM's rule)."""
         self.tokenizer = tokenizer
+        self.min_tokens, self.added, self.stop_from = min_tokens, 0, 0
         self.ids = list(prompt_ids[-_CONTEXT_TOKENS:])
         self.prefix_offset = 0
         self.read_offset = len(self.ids)
@@ -28,12 +30,16 @@ class IncrementalDetokenizer:
     def add(self, token_id: int) -> str:
         """Feed one generated token; returns the new text that is safe to show (maybe '')."""
         self.ids.append(token_id)
+        self.added += 1
         prefix = self._decode(self.ids[self.prefix_offset:self.read_offset])
         full = self._decode(self.ids[self.prefix_offset:])
         if len(full) > len(prefix) and not full.endswith("\ufffd"):
             self.text += full[len(prefix):]
             self.prefix_offset, self.read_offset = self.read_offset, len(self.ids)
-            self._check_stop()
+            if self.added > self.min_tokens:
+                self._check_stop()
+            else:
+                self.stop_from = len(self.text)
         return self._take()
 
     def flush(self) -> str:
@@ -42,7 +48,8 @@ class IncrementalDetokenizer:
         return self._take()
 
     def _check_stop(self) -> None:
-        start = max(0, self.emitted - max((len(s) for s in self.stop), default=0))
+        longest = max((len(s) for s in self.stop), default=0)
+        start = max(0, self.emitted - longest, self.stop_from - longest + 1)
         hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
         if hits:
             self.text = self.text[:min(hits)]

@@ -8,13 +8,17 @@ per-request sampling settings in one batch and per-request LoRA adapters (peft's
 On CUDA (no LoRA adapters, a supported architecture) the running rows decode from a static KV cache instead, one
 slot per row, in steps replayed from CUDA graphs (static_decode.py): their prefill stays the eager one above and its
 cache is copied into the rows' slots. When every row is greedy (no penalties, no logprobs) up to `decode_steps`
-tokens are decoded on the device before the host looks at them (rows that stop early drop the extra ones).
+tokens are decoded on the device before the host looks at them (rows that stop early drop the extra ones), and
+the next window is queued before the host reports this one (`_ahead`), so the GPU does not wait on the host.
 """
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import logging
 import queue
+import random
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +32,7 @@ from .base import EngineInfo, InferEngine
 from .detokenizer import IncrementalDetokenizer
 from .sampling import RowSampling, apply_penalties, sample
 from .static_decode import StaticDecoder, unsupported_reason
+from .tensor_parallel import TpGroup
 
 logger = logging.getLogger("swiftcli")
 BASE_ADAPTER = "__base__"  # peft's name for "no adapter" in a mixed batch
@@ -49,8 +54,12 @@ class _Row:
     """A queue.Queue or _LoopQueue where the scheduler reports (row, new text, finish_reason, logprob) after each token, or an exception."""
     output_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] | None = None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
+    """Filled at prefill when the config asks for them (the first row of a request only)."""
     finish_reason: str | None = None
     aborted: bool = False
+    """Set by the consumer that went away; the scheduler reads it once per step (`abort_seen`)."""
+    abort_seen: bool = False
     next_token: int = 0
     position: int = 0
 
@@ -69,27 +78,31 @@ class _Batch:
 
 class PtEngine(InferEngine):
     def __init__(self, model: Any, template: Template, info: EngineInfo, default_config: RequestConfig,
-                 max_batch_size: int = 16, static_decode: bool | None = None, compile: bool = False,
-                 decode_steps: int = 8):
+                 max_batch_size: int = 16, static_decode: bool | None = None, compile: bool | None = None,
+                 decode_steps: int = 8, tp: TpGroup | None = None):
         """static_decode: decode from a static KV cache (CUDA graphs on GPU); default: on CUDA, when it can.
-        compile: torch.compile that decode step before capturing it (`--torch_compile`; the first request then
-        waits for the compilation, about a minute for a 1.5B model on an H100). decode_steps: most greedy tokens
-        per sync."""
+        compile: torch.compile that decode step before capturing it (`--torch_compile`; default: on CUDA; the first
+        request then waits for the compilation). decode_steps: most greedy tokens per sync. tp: this process's place in
+        a tensor-parallel group (tensor_parallel.py): rank 0 steers, the others `follow`."""
         self.model, self.template, self.info = model, template, info
         self.tokenizer = template.tokenizer
         self.default_config = default_config
         self.max_batch_size = max_batch_size
         self.device = next(model.parameters()).device
         self.decode_steps = max(1, decode_steps)
+        self.tp = tp
         if info.adapters:
             self.model = _attach_adapters(model, info.adapters)
         self.static: StaticDecoder | None = None
         if static_decode or (static_decode is None and self.device.type == "cuda"):
-            reason = "LoRA adapters are loaded" if info.adapters else unsupported_reason(model)
+            reason = ("LoRA adapters are loaded" if info.adapters else "tensor parallel" if tp
+                      else unsupported_reason(model))
             if reason is None:
-                self.static = StaticDecoder(model, compile=compile)
+                self.static = StaticDecoder(model, compile=self.device.type == "cuda" if compile is None else compile)
             else:
                 logger.info("pt engine: eager decoding (no static KV cache / CUDA graphs): %s", reason)
+        self.info.details["decode"] = "eager" if self.static is None else "static KV cache" + (
+            ", CUDA graphs" if self.static.cuda_graphs else "") + (", torch.compile" if self.static.compiled else "")
         self._waiting: queue.Queue[list[_Row]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -120,10 +133,14 @@ class PtEngine(InferEngine):
         self._submit(rows)
         try:
             pending = len(rows)
+            prompt_logprobs = rows[0].config.prompt_logprobs is not None
             while pending:
                 row, delta, finish_reason, logprob = self._next_event(events)
-                if delta or finish_reason:
-                    yield StreamDelta(row.choice_index, delta, finish_reason, [logprob] if logprob else None)
+                if delta or finish_reason or prompt_logprobs:
+                    yield StreamDelta(row.choice_index, delta, finish_reason, [logprob] if logprob else None,
+                                      prompt_logprobs=rows[0].prompt_logprobs if prompt_logprobs else None,
+                                      completion_tokens=len(row.output_ids))
+                    prompt_logprobs = False
                 pending -= finish_reason is not None
             yield StreamDelta(0, "", None, usage=self._response(rows).usage)
         finally:  # the consumer went away (closed iterator, Ctrl-C): stop generating for it
@@ -152,10 +169,14 @@ class PtEngine(InferEngine):
         self._submit(rows)
         try:
             pending = len(rows)
+            prompt_logprobs = rows[0].config.prompt_logprobs is not None
             while pending:
                 row, delta, finish_reason, logprob = _unpack(await events.get())
-                if delta or finish_reason:
-                    yield StreamDelta(row.choice_index, delta, finish_reason, [logprob] if logprob else None)
+                if delta or finish_reason or prompt_logprobs:
+                    yield StreamDelta(row.choice_index, delta, finish_reason, [logprob] if logprob else None,
+                                      prompt_logprobs=rows[0].prompt_logprobs if prompt_logprobs else None,
+                                      completion_tokens=len(row.output_ids))
+                    prompt_logprobs = False
                 pending -= finish_reason is not None
             yield StreamDelta(0, "", None, usage=self._response(rows).usage)
         finally:
@@ -171,16 +192,23 @@ class PtEngine(InferEngine):
                    events: queue.Queue | _LoopQueue) -> list[_Row]:
         prompt_ids = self.encode(request).input_ids
         config = self.resolve_config(config, len(prompt_ids))
-        stop = list(dict.fromkeys(config.stop + self.template.stop_words))
-        stop_ids = set() if config.ignore_eos else set(self.template.stop_token_ids)
-        return [_Row(index, k, prompt_ids, config, RowSampling.from_config(config, seed_offset=k),
-                     IncrementalDetokenizer(self.tokenizer, prompt_ids, [] if config.ignore_eos else stop),
-                     stop_ids, request.adapter, events, logprobs=[] if config.logprobs else None)
-                for k in range(config.n)]
+        if self.tp is not None and config.seed is None:  # every rank must draw the same tokens
+            config = config.replace(seed=random.getrandbits(31))
+        return [self._row(index, k, prompt_ids, config, request.adapter, events) for k in range(config.n)]
+
+    def _row(self, index: int, k: int, prompt_ids: list[int], config: RequestConfig, adapter: str | None,
+             events: Any) -> _Row:
+        """Choice k of request `index`: everything a rank needs to generate it (see `_spec`)."""
+        stop = config.stop if config.ignore_eos else list(dict.fromkeys(config.stop + self.template.stop_words))
+        stop_ids = set(config.stop_token_ids) | (set() if config.ignore_eos else set(self.template.stop_token_ids))
+        return _Row(index, k, prompt_ids, config, RowSampling.from_config(config, seed_offset=k),
+                    IncrementalDetokenizer(self.tokenizer, prompt_ids, stop, config.min_tokens),
+                    stop_ids, adapter, events, logprobs=[] if config.logprobs else None)
 
     def _response(self, rows: list[_Row]) -> InferResponse:
         choices = [Choice(r.choice_index, r.detok.text, r.finish_reason, r.output_ids, r.logprobs) for r in rows]
-        return InferResponse(choices, Usage(len(rows[0].prompt_ids), sum(len(r.output_ids) for r in rows)))
+        return InferResponse(choices, Usage(len(rows[0].prompt_ids), sum(len(r.output_ids) for r in rows)),
+                             rows[0].prompt_logprobs)
 
     # ---- the scheduler ---------------------------------------------------------------------------------------
     def _submit(self, rows: list[_Row]) -> None:
@@ -188,42 +216,81 @@ class PtEngine(InferEngine):
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="swift-pt-engine", daemon=True)
                 self._thread.start()
+                atexit.register(self.close)  # (the thread keeps the engine alive anyway)
         self._waiting.put(rows)
 
     def _loop(self) -> None:
         batch: _Batch | None = None
         held: list[_Row] = []  # taken from the queue but not yet admitted (batch full)
         while True:
-            if batch is None and not held:
-                held = list(self._waiting.get())
+            arrived = [self._waiting.get()] if batch is None and not held else []
             while True:  # everything that arrived since the last step
                 try:
-                    held += self._waiting.get_nowait()
+                    arrived.append(self._waiting.get_nowait())
                 except queue.Empty:
                     break
-            held = [r for r in held if not r.aborted]
+            if None in arrived:  # close(): tell the followers, stop
+                if self.tp is not None:
+                    self.tp.send(None)
+                return
+            held = [r for r in held + [r for rows in arrived for r in rows] if not r.aborted]
             room = self.max_batch_size - (len(batch.rows) if batch else 0)
             admit, held = held[:max(room, 0)], held[max(room, 0):]
-            try:
-                with torch.inference_mode():
-                    if admit:
-                        batch = self._merge(batch, self._prefill(admit))
-                    if batch is not None:
-                        batch = self._step(batch)
-            except Exception as e:  # a failed forward fails the requests in it, not the engine
-                logger.exception("generation failed")
-                for row in (batch.rows if batch else []) + admit:
-                    row.finish_reason = row.finish_reason or "abort"
-                    row.events.put(e)
-                batch = None
-            self.num_running = len(batch.rows) if batch else 0
+            aborted = [i for i, r in enumerate(batch.rows) if r.aborted] if batch else []
+            if self.tp is not None:
+                self.tp.send(([_spec(r) for r in admit], aborted))
+            batch = self._run_step(batch, admit, aborted)
+
+    def follow(self) -> None:
+        """Tensor-parallel ranks 1..N-1: run the steps rank 0 announces, on this rank's shard, until it says stop."""
+        batch: _Batch | None = None
+        while (message := self.tp.receive()) is not None:
+            specs, aborted = message
+            batch = self._run_step(batch, [self._row(*spec, events=_NO_EVENTS) for spec in specs], aborted)
+
+    def close(self) -> None:
+        """Stop the scheduler thread after its current step (also at exit: Python ending a daemon thread inside a
+        torch op aborts the process, "terminate called without an active exception"). Tensor parallel, rank 0:
+        stop the followers too (through the scheduler thread, which owns the channel)."""
+        if self.tp is not None and self.tp.rank != 0:
+            return
+        with self._start_lock:
+            if self._thread is None:
+                if self.tp is not None:
+                    self.tp.send(None)
+                self._thread = threading.current_thread()  # no scheduler will start now
+            elif self._thread is not threading.current_thread():
+                self._waiting.put(None)
+                self._thread.join(timeout=30)
+        if self.tp is not None:
+            self.tp.wait_followers()
+
+    def _run_step(self, batch: _Batch | None, admit: list[_Row], aborted: list[int]) -> _Batch | None:
+        """Prefill the admitted rows, then decode one step for the whole batch; rows `aborted` stop now."""
+        for i in aborted:
+            batch.rows[i].abort_seen = True
+        try:
+            with torch.inference_mode():
+                for group in _prefill_groups(admit):
+                    batch = self._merge(batch, self._prefill(group))
+                if batch is not None:
+                    batch = self._step(batch)
+        except Exception as e:  # a failed forward fails the requests in it, not the engine
+            logger.exception("generation failed")
+            for row in (batch.rows if batch else []) + admit:
+                row.finish_reason = row.finish_reason or "abort"
+                row.events.put(e)
+            batch = None
+        self.num_running = len(batch.rows) if batch else 0
+        return batch
 
     def _forward(self, rows: list[_Row], input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor,
-                 cache: Any) -> tuple[torch.Tensor, Any]:
+                 cache: Any, all_logits: bool = False) -> tuple[torch.Tensor, Any]:
+        """The last position's logits [B, V] (all_logits: every position's, [B, T, V]) and the cache."""
         kwargs = {"adapter_names": [r.adapter or BASE_ADAPTER for r in rows]} if self.info.adapters else {}
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1, **kwargs)
-        return out.logits[:, -1].float(), out.past_key_values
+                         use_cache=True, logits_to_keep=0 if all_logits else 1, **kwargs)
+        return (out.logits if all_logits else out.logits[:, -1]).float(), out.past_key_values
 
     def _prefill(self, rows: list[_Row]) -> _Batch:
         """Run the new rows' prompts (left-padded) and sample their first tokens."""
@@ -232,10 +299,29 @@ class PtEngine(InferEngine):
         mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
                             device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits, cache = self._forward(rows, ids, mask, positions, None)
+        scored = _scores_prompt(rows[0])  # then it is the only row (_prefill_groups)
+        logits, cache = self._forward(rows, ids, mask, positions, None, all_logits=scored)
+        if scored:
+            rows[0].prompt_logprobs = self._prompt_logprobs(rows[0], logits[0])
+            logits = logits[:, -1]
         for r in rows:
             r.position = len(r.prompt_ids)
         return self._sample_and_prune(_Batch(rows, cache, mask), logits)
+
+    def _prompt_logprobs(self, row: _Row, logits: torch.Tensor) -> list[TokenLogprob | None]:
+        """Each prompt token's logprob given the tokens before it (logits: [prompt length, V]); vLLM's shape."""
+        logprobs = torch.log_softmax(logits[:-1], dim=-1)
+        ids = torch.tensor(row.prompt_ids[1:], device=logprobs.device)
+        chosen = logprobs.gather(1, ids[:, None])[:, 0]
+        ranks = (logprobs > chosen[:, None]).sum(-1) + 1
+        top = logprobs.topk(row.config.prompt_logprobs, dim=-1) if row.config.prompt_logprobs else None
+        out: list[TokenLogprob | None] = [None]
+        for j, (tid, value, rank) in enumerate(zip(ids.tolist(), chosen.tolist(), ranks.tolist())):
+            top_ids = top.indices[j].tolist() if top is not None else []
+            top_values = top.values[j].tolist() if top is not None else []
+            top_items = [(self.tokenizer.decode([t]), v) for t, v in zip(top_ids, top_values)]
+            out.append(TokenLogprob(self.tokenizer.decode([tid]), value, top_items, tid, rank, top_ids))
+        return out
 
     def _step(self, batch: _Batch) -> _Batch | None:
         """One token for every running row (with the static decoder, up to decode_steps greedy ones)."""
@@ -259,7 +345,8 @@ class PtEngine(InferEngine):
                 r.position += 1
             return self._sample_and_prune(batch, logits)
         keep = []
-        for i, (row, tokens) in enumerate(zip(rows, self.static.greedy(ids, positions, steps))):
+        for i, (row, tokens) in enumerate(zip(rows, self.static.greedy(ids, positions, steps,
+                                                                       self._ahead(rows, steps)))):
             for tid in tokens:  # a row that stops inside the window drops the tokens after its stop
                 row.position += 1
                 if not self._emit(row, tid, None):
@@ -270,18 +357,29 @@ class PtEngine(InferEngine):
 
     def _greedy_steps(self, rows: list[_Row]) -> int:
         """How many tokens the rows can decode on the device before the host must look (1: sample on the host)."""
-        if self.decode_steps == 1 or any(
-                not r.sampling.greedy or r.logprobs is not None or r.sampling.repetition_penalty != 1
-                or r.sampling.presence_penalty or r.sampling.frequency_penalty for r in rows):
+        if self.decode_steps == 1 or any(not r.sampling.plain_greedy or r.logprobs is not None
+                                         or len(r.output_ids) < r.config.min_tokens for r in rows):
             return 1
         room = min(min(r.config.max_tokens - len(r.output_ids), self.info.max_model_len - 1 - r.position)
                    for r in rows)  # so no row passes its length limit inside the window
         return max(1, min(self.decode_steps, room))
 
+    def _ahead(self, rows: list[_Row], steps: int) -> int:
+        """Greedy steps the static decoder may queue behind this window of `steps`: the next window, unless a request
+        waits to join or a row reaches its length limit (a stop token or string still wastes it)."""
+        if not self._waiting.empty():
+            return 0
+        room = min(min(r.config.max_tokens - len(r.output_ids), self.info.max_model_len - 1 - r.position)
+                   for r in rows) - steps
+        return max(0, min(self.decode_steps, room))
+
     def _sample_and_prune(self, batch: _Batch, logits: torch.Tensor) -> _Batch | None:
         rows = batch.rows
         raw = torch.log_softmax(logits, dim=-1) if any(r.logprobs is not None for r in rows) else None
         logits = apply_penalties(logits, [r.prompt_ids + r.output_ids for r in rows], [r.sampling for r in rows])
+        for i, r in enumerate(rows):  # min_tokens: no stop id before then (vLLM's rule)
+            if len(r.output_ids) < r.config.min_tokens and r.stop_ids:
+                logits[i, list(r.stop_ids)] = float("-inf")
         next_ids = sample(logits, [r.sampling for r in rows]).tolist()
         keep = [i for i, (row, tid) in enumerate(zip(rows, next_ids))
                 if self._emit(row, tid, raw[i] if raw is not None else None)]
@@ -289,7 +387,7 @@ class PtEngine(InferEngine):
 
     def _emit(self, row: _Row, token_id: int, logprobs: torch.Tensor | None) -> bool:
         """Account a sampled token to its row and report it; False when the row is done (or was aborted)."""
-        if row.aborted:
+        if row.abort_seen:
             row.finish_reason = "abort"
             return False
         delta, logprob = self._advance(row, token_id, logprobs)
@@ -358,6 +456,34 @@ class PtEngine(InferEngine):
         return TokenLogprob(decode([token_id]), float(logprobs[token_id]), top_items)
 
 
+def _spec(row: _Row) -> tuple[int, int, list[int], RequestConfig, str | None]:
+    """What a tensor-parallel follower needs to rebuild a row (`PtEngine._row`)."""
+    return row.request_index, row.choice_index, row.prompt_ids, row.config, row.adapter
+
+
+class _NoEvents:
+    """A follower's rows report to nobody."""
+
+    def put(self, item: Any) -> None:
+        pass
+
+
+_NO_EVENTS = _NoEvents()
+
+
+def _scores_prompt(row: _Row) -> bool:
+    """Whether this row reports its request's prompt logprobs (one row per request does)."""
+    return row.choice_index == 0 and row.config.prompt_logprobs is not None
+
+
+def _prefill_groups(rows: list[_Row]) -> list[list[_Row]]:
+    """Rows to prefill together: a row that scores its prompt needs every position's logits ([T, V]), so it
+    goes alone (its memory stays one prompt's); the rest in one batch."""
+    scored = [[r] for r in rows if _scores_prompt(r)]
+    rest = [r for r in rows if not _scores_prompt(r)]
+    return scored + ([rest] if rest else [])
+
+
 class _LoopQueue:
     """Scheduler events for an asyncio consumer: `put` from the scheduler thread never blocks it."""
 
@@ -366,7 +492,8 @@ class _LoopQueue:
         self.queue: asyncio.Queue = asyncio.Queue()
 
     def put(self, item: Any) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
+        with contextlib.suppress(RuntimeError):  # the consumer's loop closed (Ctrl-C ended asyncio.run): nobody waits
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
     async def get(self) -> Any:
         return await self.queue.get()

@@ -77,7 +77,7 @@ class RemoteEngine(InferEngine):
         if request.adapter is not None and request.adapter not in self.info.adapters:
             raise ArgumentError(f"unknown adapter {request.adapter!r}; the server has: {list(self.info.adapters)}")
         config = self._merged(config)
-        if config.logprobs:
+        if config.logprobs or config.prompt_logprobs is not None:
             raise ArgumentError("logprobs are not fetched from a remote server")
         kind = "completions" if request.prompt is not None else "chat"
         kwargs: dict[str, Any] = {"model": request.adapter or self.model, "stream": stream, "n": config.n}
@@ -88,11 +88,13 @@ class RemoteEngine(InferEngine):
         sampling = {"max_tokens": config.max_tokens, "temperature": config.temperature, "top_p": config.top_p,
                     "seed": config.seed, "stop": config.stop or None,
                     "presence_penalty": config.presence_penalty or None,
-                    "frequency_penalty": config.frequency_penalty or None}
+                    "frequency_penalty": config.frequency_penalty or None,
+                    "logit_bias": {str(k): v for k, v in config.logit_bias.items()} or None}
         kwargs.update({k: v for k, v in sampling.items() if v is not None})
         # vLLM's and swift deploy's extensions to the OpenAI API
         extra = {"top_k": config.top_k, "repetition_penalty": config.repetition_penalty,
-                 "ignore_eos": config.ignore_eos or None}
+                 "ignore_eos": config.ignore_eos or None, "stop_token_ids": config.stop_token_ids or None,
+                 "min_tokens": config.min_tokens or None}
         kwargs["extra_body"] = {k: v for k, v in extra.items() if v is not None}
         if stream:
             kwargs["stream_options"] = {"include_usage": True}

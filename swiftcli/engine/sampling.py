@@ -1,4 +1,4 @@
-"""Next-token choice for the pt engine: per-row penalties, temperature, top-k/top-p and seeded sampling."""
+"""Next-token choice for the pt engine: per-row logit bias, penalties, temperature, top-k/top-p, seeded sampling."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,6 +19,7 @@ class RowSampling:
     presence_penalty: float
     frequency_penalty: float
     generator: torch.Generator | None
+    logit_bias: dict[int, float]
 
     @property
     def greedy(self) -> bool:
@@ -34,15 +35,25 @@ class RowSampling:
                    top_p=1.0 if config.top_p is None else config.top_p,
                    repetition_penalty=config.repetition_penalty or 1.0,
                    presence_penalty=config.presence_penalty, frequency_penalty=config.frequency_penalty,
-                   generator=generator)
+                   generator=generator, logit_bias=config.logit_bias)
+
+    @property
+    def plain_greedy(self) -> bool:
+        """Greedy on the raw logits: nothing changes them before the argmax."""
+        return (self.greedy and self.repetition_penalty == 1 and not self.presence_penalty
+                and not self.frequency_penalty and not self.logit_bias)
 
 
 def apply_penalties(logits: torch.Tensor, seen: list[list[int]], rows: list[RowSampling]) -> torch.Tensor:
-    """Repetition (multiplicative, HF), presence and frequency (additive, OpenAI) penalties, per row."""
+    """Logit bias (added, as vLLM does), then repetition (multiplicative, HF), presence and frequency (additive,
+    OpenAI) penalties, per row."""
     for i, (row, tokens) in enumerate(zip(rows, seen)):
+        if row.logit_bias:
+            ids = torch.tensor(list(row.logit_bias), device=logits.device)
+            logits[i, ids] += torch.tensor(list(row.logit_bias.values()), dtype=logits.dtype, device=logits.device)
         if not tokens or (row.repetition_penalty == 1 and not row.presence_penalty and not row.frequency_penalty):
             continue
-        ids, counts = torch.tensor(tokens).unique(return_counts=True)
+        ids, counts = torch.tensor(tokens, device=logits.device).unique(return_counts=True)
         picked = logits[i, ids]
         if row.repetition_penalty != 1:
             picked = torch.where(picked > 0, picked / row.repetition_penalty, picked * row.repetition_penalty)
@@ -66,5 +77,7 @@ def sample(logits: torch.Tensor, rows: list[RowSampling]) -> torch.Tensor:
             sorted_probs, order = probs.sort(descending=True)
             drop = sorted_probs.cumsum(0) - sorted_probs > row.top_p  # keep the smallest set reaching top_p
             probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0))
+        if row.generator is not None and row.generator.device != probs.device:  # seeded: the CPU generator draws
+            probs = probs.cpu()
         out[i] = torch.multinomial(probs, 1, generator=row.generator)[0]
     return out

@@ -4,29 +4,33 @@ Eager decoding of a 1.5B model launches well over a thousand small kernels per t
 on those launches, not on memory. Here every running row owns a slot of a preallocated cache (per layer
 [slots, kv_heads, length, head_dim]) and writes its token's keys and values at its own position, so a decode step
 has fixed shapes and no data-dependent Python: on CUDA it is captured once per (batch bucket, length bucket) in a
-CUDA graph, optionally compiled first with torch.compile (which fuses the many small elementwise kernels), and then
-replayed. A step reads only the first `length bucket` positions of each slot; padding rows of a bucket use slots
-nobody runs in. Prefill stays eager (the engine's own), and its cache is copied into the slots.
+CUDA graph and then replayed. A step reads only the first `length bucket` positions of each slot (the smallest power
+of two >= 256 that holds the rows' positions); padding rows of a bucket use slots nobody runs in. Prefill stays eager
+(the engine's own), and its cache is copied into the slots.
 
-The step calls the transformers model itself with a cache object whose `update` scatters into the slots, a 4D mask
-(returned as-is by transformers' mask helpers) and, for the duration of the step, an attention function of ours that
-reads grouped KV heads in place instead of repeating them.
+The step is our own forward of the llama-family decoder layer (llama, qwen2, qwen3, mistral) over the model's own
+weights: q/k/v and gate/up are concatenated once, at load, into one matrix each (the model's parameters become views
+of them, so memory does not grow and the eager prefill reads the same values). With torch.compile one decoder layer
+is compiled and called for every layer (regional compilation: seconds instead of a minute), and a batch of one runs
+in a bucket of its own, where inductor turns every matrix-vector product into a bandwidth-tuned Triton reduction
+with the norm, bias, activation and residual fused in (gpt-fast's recipe).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 logger = logging.getLogger("swiftcli")
 
 SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-"""Decoder-only models whose layers all use full causal attention through transformers' attention interface."""
-ATTENTION_NAME = "swift_static_decode"
+"""Decoder-only models whose layers are all the llama layer (optional biases, qwen3's q/k norms), full attention."""
 MIN_LENGTH = 256
+COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
+"""Inductor options of the compiled step. With coordinate descent tuning, a product of one row with a matrix is
+decomposed into a tuned reduction (inductor's mm decomposition) instead of a cuBLAS call: batch-1 bandwidth."""
 
 
 def unsupported_reason(model: Any) -> str | None:
@@ -48,81 +52,122 @@ def _bucket(n: int, minimum: int) -> int:
     return size
 
 
-def decode_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                     attention_mask: torch.Tensor, scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """One query token per row against its slot: query [B, H, 1, D], key/value [B, KV, L, D], mask [B, 1, 1, L] bool.
+class _Layer(NamedTuple):
+    """One decoder layer's weights (views of the model's parameters); None where the architecture has none."""
 
-    Query heads are grouped under their KV head (H = KV * groups, as transformers' repeat_kv orders them), so the
-    grouped KV heads are read once, in place, and no [B, H, L, D] copy is made.
-    """
-    batch, heads, _, dim = query.shape
-    kv_heads = key.shape[1]
-    q = query.reshape(batch, kv_heads, heads // kv_heads, dim)
-    scores = torch.matmul(q, key.transpose(-1, -2)).float() * (dim ** -0.5 if scaling is None else scaling)
-    scores = scores.masked_fill(~attention_mask, float("-inf"))  # [B, KV, groups, L]
-    probs = torch.softmax(scores, dim=-1).to(value.dtype)
-    out = torch.matmul(probs, value)  # [B, KV, groups, D]
-    return out.reshape(batch, 1, heads, dim), None
-
-
-def _register_attention() -> None:
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(ATTENTION_NAME, decode_attention)
+    input_norm: torch.Tensor
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    post_norm: torch.Tensor
+    gate_up: torch.Tensor
+    gate_up_bias: torch.Tensor | None
+    down: torch.Tensor
+    down_bias: torch.Tensor | None
 
 
-@contextlib.contextmanager
-def _attention(config: Any):
-    """Route the model's attention to `decode_attention` for one decode step (prefill keeps the model's own)."""
-    saved = config._attn_implementation_internal
-    config._attn_implementation_internal = ATTENTION_NAME
-    try:
-        yield
-    finally:
-        config._attn_implementation_internal = saved
+@torch.no_grad()
+def _fuse(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One weight [sum of outputs, inputs] (and bias) for linears reading the same input. Their parameters become
+    views of it, so the model's own forward and the step share one copy."""
+    fused = torch.cat([m.weight.detach() for m in linears])
+    start = 0
+    for m in linears:
+        rows = m.weight.shape[0]
+        m.weight.data = fused[start:start + rows]
+        start += rows
+    if all(m.bias is None for m in linears):
+        return fused, None
+    return fused, torch.cat([m.bias.detach() if m.bias is not None else fused.new_zeros(m.weight.shape[0])
+                             for m in linears])
 
 
-class _SlotCache:
-    """The `past_key_values` of one decode step over views [B, KV, L, D] of the slots: row b writes at pos[b]."""
+def _layer_weights(layer: Any) -> _Layer:
+    """The layer's weights for the step; fuses q/k/v and gate/up the first time (kept on the layer for reuse)."""
+    cached = getattr(layer, "_swift_static_weights", None)
+    if cached is not None:
+        return cached
+    attn, mlp = layer.self_attn, layer.mlp
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], positions: torch.Tensor):
-        self.keys, self.values, self.positions = keys, values, positions
-        self.rows = torch.arange(positions.shape[0], device=positions.device)
+    def get(module: Any, name: str = "weight") -> torch.Tensor | None:
+        tensor = getattr(module, name, None) if module is not None else None
+        return None if tensor is None else tensor.detach()
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = self.keys[layer_idx], self.values[layer_idx]
-        keys[self.rows, :, self.positions] = key_states[:, :, 0]
-        values[self.rows, :, self.positions] = value_states[:, :, 0]
-        return keys, values
+    qkv, qkv_bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
+    gate_up, gate_up_bias = _fuse([mlp.gate_proj, mlp.up_proj])
+    weights = _Layer(get(layer.input_layernorm), qkv, qkv_bias, get(getattr(attn, "q_norm", None)),
+                     get(getattr(attn, "k_norm", None)), get(attn.o_proj), get(attn.o_proj, "bias"),
+                     get(layer.post_attention_layernorm), gate_up, gate_up_bias, get(mlp.down_proj),
+                     get(mlp.down_proj, "bias"))
+    object.__setattr__(layer, "_swift_static_weights", weights)  # not a submodule or parameter
+    return weights
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm, op for op (float32 statistics, weight applied in the input's dtype)."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """transformers' apply_rotary_pos_emb for one tensor."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x @ weight.T (+ bias) as a matmul and an add: inductor decomposes a one-row matmul (not an addmm) into a
+    reduction, with the add fused in."""
+    y = x @ weight.T
+    return y if bias is None else y + bias
 
 
 class StaticDecoder:
     """Slots of KV cache for the running rows (row i of the engine's batch is slot i) and the decode step over them."""
 
     def __init__(self, model: Any, cuda_graphs: bool | None = None, compile: bool = False):
-        _register_attention()
         self.model = model
         config = model.config
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         self.num_layers = config.num_hidden_layers
-        self.kv_heads = config.num_key_value_heads
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        decoder = model.model
+        self.layers = [_layer_weights(layer) for layer in decoder.layers]
+        first = decoder.layers[0]
+        self.eps = first.input_layernorm.variance_epsilon
+        self.qk_eps = getattr(getattr(first.self_attn, "q_norm", None), "variance_epsilon", self.eps)
+        self.scaling = getattr(first.self_attn, "scaling", self.head_dim ** -0.5)
+        self.act = first.mlp.act_fn
+        self.embed, self.rotary, self.norm = decoder.embed_tokens, decoder.rotary_emb, decoder.norm
+        self.lm_head = model.get_output_embeddings()
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self.compiled = compile
-        self.min_batch = 2
-        """The smallest batch bucket. 2, not 1: torch.compile specializes size-1 dimensions, so a batch-1 bucket
-        costs a second compilation, and on an H100 it ran no faster (cuBLAS picks the same kernels for 1 and 2 rows)."""
+        self.speculate = self.device.type == "cuda"
+        """greedy(): queue the next window of steps before the host looks at this one (the GPU runs it while the host
+        reports tokens); wasted when the rows change. Off on CPU, where nothing runs behind the host's back."""
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.slots = self.length = 0  # the cache's capacity
-        self.ids = self.positions = self.columns = torch.empty(0)
+        self.ids = self.positions = self.rows = self.columns = torch.empty(0)
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = None
-        self._forward: Callable[..., torch.Tensor] = self._decode
-        if compile:  # batch and length are marked dynamic (_body): one compilation serves every bucket
-            self._forward = torch.compile(self._decode)
+        self.ahead: tuple[tuple[list[int], list[int]], int, torch.Tensor] | None = None
+        """The speculative window in flight: ((ids, positions) it continues from, steps, its tokens on the device)."""
+        self.taken = 0
+        """Speculative windows used (the rest were dropped)."""
+        self._head: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._logits
+        self._layer: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._decoder_layer
+        self._down_proj: Callable[..., torch.Tensor] = self._down
+        if compile:
+            self._head = torch.compile(self._logits, options=COMPILE_OPTIONS)
+            self._layer = torch.compile(self._decoder_layer, options=COMPILE_OPTIONS)
+            self._down_proj = torch.compile(self._down, options=COMPILE_OPTIONS)
 
     # ---- capacity and slots ----------------------------------------------------------------------------------
     def reserve(self, rows: int, length: int) -> None:
@@ -140,12 +185,13 @@ class StaticDecoder:
                     cache[i] = grown
                 else:
                     cache.append(grown)
-        self.ids = torch.zeros(slots, 1, dtype=torch.long, device=self.device)
-        self.positions = torch.zeros(slots, 1, dtype=torch.long, device=self.device)
+        self.ids = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.rows = torch.arange(slots, device=self.device)
         self.columns = torch.arange(length, device=self.device)
         self.slots, self.length = slots, length
         self.graphs.clear()  # they captured the old buffers' addresses
-        self.pool = None
+        self.pool = self.ahead = None
 
     def load(self, start: int, cache: Any, lengths: list[int]) -> None:
         """Copy a prefill's left-padded cache (row j holds its `lengths[j]` positions right-aligned) to slots start+j."""
@@ -157,42 +203,86 @@ class StaticDecoder:
         for layer, keys, values in zip(cache.layers, self.keys, self.values):
             keys[start:start + n, :, :width] = layer.keys.gather(2, source)
             values[start:start + n, :, :width] = layer.values.gather(2, source)
+        self.ahead = None
 
     def keep(self, index: list[int], used: int) -> None:
         """Rows `index` go on (in that order) in slots 0..len(index)-1; `used`: positions any of them has filled."""
         if index == list(range(len(index))):
             return
+        self.ahead = None
         source = torch.tensor(index, device=self.device)
         for cache in (self.keys, self.values):
             for layer in cache:
                 layer[:len(index), :, :used] = layer[source, :, :used]
 
     # ---- the step --------------------------------------------------------------------------------------------
-    def _decode(self, ids: torch.Tensor, positions: torch.Tensor, columns: torch.Tensor,
-                keys: list[torch.Tensor], values: list[torch.Tensor]) -> torch.Tensor:
-        """Logits [B, V] of one token per row: ids/positions [B, 1], columns: arange(L), keys/values [B, KV, L, D]."""
-        cache = _SlotCache(keys, values, positions[:, 0])
-        mask = (columns[None, :] <= positions)[:, None, None, :]
-        out = self.model(input_ids=ids, position_ids=positions, attention_mask=mask, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1]
+    def _decoder_layer(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: torch.Tensor,
+                       positions: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                       w: _Layer) -> tuple[torch.Tensor, torch.Tensor]:
+        """One decoder layer for one token per row, up to the MLP's down projection (`_down`): (x, act(gate) * up).
+        x [B, hidden]; cos/sin [B, 1, D]; rows/positions [B];
+        mask [B, 1, 1, L] (True: attend); keys/values: the whole cache [slots, KV, capacity, D], written at
+        (row, position), read up to L."""
+        batch, length = x.shape[0], mask.shape[-1]
+        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
+        qkv = _linear(_rms_norm(x, w.input_norm, self.eps), w.qkv, w.qkv_bias)
+        q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
+        q, k, v = q.view(batch, heads, dim), k.view(batch, kv_heads, dim), v.view(batch, kv_heads, dim)
+        if w.q_norm is not None:
+            q, k = _rms_norm(q, w.q_norm, self.qk_eps), _rms_norm(k, w.k_norm, self.qk_eps)
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
+        keys[rows, :, positions] = k
+        values[rows, :, positions] = v
+        # grouped query heads read their KV head in place (no repeat_kv copy): [B, KV, groups, D] x [B, KV, D, L]
+        q = q.view(batch, kv_heads, heads // kv_heads, dim)
+        scores = torch.matmul(q, keys[:batch, :, :length].transpose(-1, -2)).float() * self.scaling
+        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(v.dtype)
+        attn = torch.matmul(probs, values[:batch, :, :length]).reshape(batch, heads * dim)
+        x = x + _linear(attn, w.o, w.o_bias)
+        h = _rms_norm(x, w.post_norm, self.eps)
+        if batch == 1:  # two one-row products: inductor makes one reduction of both with act(gate) * up fused in
+            half, bias = w.gate_up.shape[0] // 2, w.gate_up_bias
+            gate = _linear(h, w.gate_up[:half], None if bias is None else bias[:half])
+            up = _linear(h, w.gate_up[half:], None if bias is None else bias[half:])
+        else:  # one matmul of the fused weight
+            gate, up = _linear(h, w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
+        return x, self.act(gate) * up
+
+    def _down(self, x: torch.Tensor, inner: torch.Tensor, weight: torch.Tensor,
+              bias: torch.Tensor | None) -> torch.Tensor:
+        """The MLP's down projection and residual, compiled as a region of its own: inside the layer's region inductor
+        recomputed act(gate) * up in the down product's reduction for every block of outputs (7B shape on an H200:
+        2.45 TB/s); as an input of its own region the activation is read ready-made (3.43 TB/s)."""
+        return x + _linear(inner, weight, bias)
+
+    def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits [B, V] in the model's dtype, their argmax [B])."""
+        logits = _linear(self.norm(x), self.lm_head.weight, self.lm_head.bias)
+        return logits, logits.argmax(dim=-1)
 
     def _body(self, batch: int, length: int) -> torch.Tensor:
         """One step of the first `batch` slots: logits, and the greedy next token/position left in ids/positions."""
-        ids, positions, columns = self.ids[:batch], self.positions[:batch], self.columns[:length]
-        keys = [k[:batch, :, :length] for k in self.keys]
-        values = [v[:batch, :, :length] for v in self.values]
-        # With torch.compile: one compilation for every batch bucket > 1 and every length bucket. The views' strides
-        # follow the cache's capacity: the first step that reads fewer positions than the cache holds (after it grew)
-        # compiles once more, with the strides dynamic from then on.
-        if self.compiled:
-            for t in (ids, positions, *keys, *values) if batch > 1 else ():
-                torch._dynamo.mark_dynamic(t, 0)
-            for t, dim in ((columns, 0), *((t, 2) for t in (*keys, *values))):
-                torch._dynamo.mark_dynamic(t, dim)
-        with _attention(self.model.config):
-            logits = self._forward(ids, positions, columns, keys, values)
-        ids.copy_(logits.argmax(dim=-1, keepdim=True))
+        ids, positions, rows = self.ids[:batch], self.positions[:batch], self.rows[:batch]
+        x = self.embed(ids)
+        cos, sin = self.rotary(x[:, None], positions[:, None])  # [B, 1, D]
+        mask = (self.columns[None, :length] <= positions[:, None])[:, None, None, :]
+        if self.compiled:  # one compilation for batch 1 (matrix-vector products) and one for every other bucket
+            for t in (x, cos, sin, rows, positions, mask) if batch > 1 else ():
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+            torch._dynamo.maybe_mark_dynamic(mask, 3)
+            for t in (*self.keys, *self.values):
+                torch._dynamo.maybe_mark_dynamic(t, 0)
+                torch._dynamo.maybe_mark_dynamic(t, 2)
+        for weights, keys, values in zip(self.layers, self.keys, self.values):
+            x, inner = self._layer(x, cos, sin, rows, positions, mask, keys, values, weights)
+            if self.compiled and batch > 1:
+                torch._dynamo.maybe_mark_dynamic(x, 0)
+                torch._dynamo.maybe_mark_dynamic(inner, 0)
+            x = self._down_proj(x, inner, weights.down, weights.down_bias)
+        if self.compiled and batch > 1:
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+        logits, next_ids = self._head(x)
+        ids.copy_(next_ids)
         positions.add_(1)
         return logits
 
@@ -201,13 +291,13 @@ class StaticDecoder:
         n = len(ids)
         self.reserve(n, max(positions) + steps)
         fixed = self.cuda_graphs or self.compiled  # shapes from a few buckets (graphs are per shape)
-        batch = _bucket(n, self.min_batch) if fixed else n
+        batch = _bucket(n, 1) if fixed else n
         length = _bucket(max(positions) + steps, MIN_LENGTH) if fixed else max(positions) + steps
         pad = [0] * (batch - n)  # padding rows: token 0 at position 0 of slots no row runs in
 
         def fill() -> None:
-            self.ids[:batch, 0].copy_(torch.tensor(ids + pad))
-            self.positions[:batch, 0].copy_(torch.tensor(positions + pad))
+            self.ids[:batch].copy_(torch.tensor(ids + pad))
+            self.positions[:batch].copy_(torch.tensor(positions + pad))
 
         fill()
         if not self.cuda_graphs:
@@ -237,12 +327,13 @@ class StaticDecoder:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             try:
-                warm_up()  # with torch.compile: compiles (once) and autotunes
+                warm_up()  # with torch.compile: compiles (once per kind of bucket) and tunes
             except Exception:  # a model or setup that does not compile still gets CUDA graphs
                 if not self.compiled:
                     raise
                 logger.warning("torch.compile of the decode step failed; capturing it uncompiled", exc_info=True)
-                self._forward, self.compiled = self._decode, False
+                self._head, self._layer, self._down_proj = self._logits, self._decoder_layer, self._down
+                self.compiled = False
                 warm_up()
             warm_up()
         torch.cuda.current_stream().wait_stream(stream)
@@ -255,14 +346,63 @@ class StaticDecoder:
 
     def forward(self, ids: list[int], positions: list[int]) -> torch.Tensor:
         """Logits [n, V] (float32) of token ids[i] at positions[i] in slot i, its keys/values written to the cache."""
+        self.ahead = None
         _, step = self._run(ids, positions, 1)
         return step()[:len(ids)].float()
 
-    def greedy(self, ids: list[int], positions: list[int], steps: int) -> list[list[int]]:
-        """`steps` greedy tokens for every row, fed back on the device with one sync at the end: [row][step]."""
-        batch, step = self._run(ids, positions, steps)
+    def _window(self, step: Callable[[], torch.Tensor], batch: int, steps: int) -> torch.Tensor:
+        """Queue `steps` steps; their greedy tokens [steps, batch] on the device."""
         tokens = torch.empty(steps, batch, dtype=torch.long, device=self.device)
         for j in range(steps):
             step()
-            tokens[j].copy_(self.ids[:batch, 0])
-        return tokens[:, :len(ids)].T.tolist()
+            tokens[j].copy_(self.ids[:batch])
+        return tokens
+
+    def greedy(self, ids: list[int], positions: list[int], steps: int, ahead: int = 0) -> list[list[int]]:
+        """`steps` greedy tokens for every row, fed back on the device with one sync at the end: [row][step].
+
+        ahead: when the rows will likely go on unchanged, queue that many more steps before waiting for these (the
+        GPU runs them while the host reports this window); the next call takes them if it continues exactly where
+        this one ends."""
+        n, spec = len(ids), self.ahead
+        self.ahead = None
+        ahead = ahead if self.speculate else 0
+        if spec is not None and spec[0] == (ids, positions) and spec[1] >= steps:
+            tokens = spec[2][:steps]
+            self.taken += 1
+            if spec[1] > steps:
+                ahead = 0  # the device state is past this window's end: the next window starts afresh
+        else:
+            batch, step = self._run(ids, positions, steps + ahead)
+            tokens = self._window(step, batch, steps)
+        batch = tokens.shape[1]
+        length = max(positions) + steps + ahead
+        if self.cuda_graphs or self.compiled:
+            length = _bucket(length, MIN_LENGTH)
+        following = None
+        if ahead and (self.cuda_graphs and (batch, length) in self.graphs or  # (never a capture here)
+                      not self.cuda_graphs and length <= self.length):
+            host = tokens
+            if self.device.type == "cuda":  # copy this window's tokens out before queueing the next one
+                host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+                host.copy_(tokens, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
+            if self.cuda_graphs:
+                graph, logits = self.graphs[(batch, length)]
+
+                def step() -> torch.Tensor:
+                    graph.replay()
+                    return logits
+            else:
+                def step() -> torch.Tensor:
+                    return self._body(batch, length)
+
+            following = self._window(step, batch, ahead)  # from the device's ids/positions: where this one ends
+            if self.device.type == "cuda":
+                done.synchronize()
+            tokens = host
+        out = tokens[:, :n].T.tolist()
+        if following is not None:
+            self.ahead = (([row[-1] for row in out], [p + steps for p in positions]), ahead, following)
+        return out

@@ -21,13 +21,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from dataclasses import dataclass
 from typing import Any, TypeVar, get_args
 
+from ..log import vllm_log_level
+
 # Before vLLM configures its logging: stdout carries the REPL's answers, and vLLM's INFO lines drown them.
 os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("VLLM_LOGGING_LEVEL", vllm_log_level())
 
 import vllm
 from vllm import AsyncEngineArgs, ModelRegistry, SamplingParams, TokensPrompt
 from vllm.config.lora import MaxLoRARanks
+from vllm.exceptions import VLLMValidationError
 from vllm.lora.request import LoRARequest
 from vllm.outputs import CompletionOutput, RequestOutput
 from vllm.platforms import current_platform
@@ -41,6 +44,7 @@ from ..protocol import Choice, InferRequest, InferResponse, RequestConfig, Strea
 from ..registry import ModelMeta
 from ..template import Template
 from .base import EngineInfo, InferEngine, new_event_loop
+from .vllm_process import SHUTDOWN_TIMEOUT_S, StderrFilter, engine_processes
 
 logger = logging.getLogger("swiftcli")
 T = TypeVar("T")
@@ -69,12 +73,16 @@ def sampling_params(config: RequestConfig, template: Template, stream: bool) -> 
             frequency_penalty=config.frequency_penalty,
             seed=config.seed,
             stop=stop,
-            stop_token_ids=[] if config.ignore_eos else template.stop_token_ids,
+            stop_token_ids=list(dict.fromkeys(config.stop_token_ids + ([] if config.ignore_eos
+                                                                       else template.stop_token_ids))),
             ignore_eos=config.ignore_eos,
+            min_tokens=config.min_tokens,
+            logit_bias=config.logit_bias or None,
             logprobs=(config.top_logprobs or 0) if config.logprobs else None,
+            prompt_logprobs=config.prompt_logprobs,
             skip_special_tokens=True,
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
-    except ValueError as e:  # vLLM's own validation (VLLMValidationError is a ValueError)
+    except (ValueError, VLLMValidationError) as e:  # vLLM's own validation
         raise ArgumentError(str(e).splitlines()[0]) from None
 
 
@@ -149,6 +157,24 @@ class _Job:
     prompt_ids: list[int]
     params: SamplingParams
     lora: LoRARequest | None
+
+
+def _prompt_logprobs(output: RequestOutput, job: _Job) -> list[TokenLogprob | None] | None:
+    """vLLM's per-prompt-token {id: Logprob} (the top ones by rank, plus the prompt's own; the first None)."""
+    if output.prompt_logprobs is None:
+        return None
+    top = job.params.prompt_logprobs or 0
+    out: list[TokenLogprob | None] = []
+    for token_id, candidates in zip(output.prompt_token_ids or [], output.prompt_logprobs):
+        if candidates is None:
+            out.append(None)
+            continue
+        chosen = candidates[token_id]
+        best = sorted(candidates.items(), key=lambda item: item[1].rank)[:top]
+        top_items = [(lp.decoded_token, lp.logprob) for _, lp in best]
+        out.append(TokenLogprob(chosen.decoded_token, chosen.logprob, top_items, token_id, chosen.rank,
+                                [i for i, _ in best]))
+    return out
 
 
 def _logprobs(c: CompletionOutput, job: _Job) -> list[TokenLogprob] | None:
@@ -235,8 +261,9 @@ class AdapterGate:
 
 class VllmEngine(InferEngine):
     def __init__(self, vllm_config: Any, template: Template, info: EngineInfo, default_config: RequestConfig,
-                 loras: dict[str, LoRARequest]):
+                 loras: dict[str, LoRARequest], stderr: StderrFilter | None = None):
         self.template, self.info, self.default_config = template, info, default_config
+        self._stderr = stderr
         self.loras = loras
         self.lora_enabled = vllm_config.lora_config is not None
         self.max_lora_rank = vllm_config.lora_config.max_lora_rank if self.lora_enabled else 0
@@ -259,40 +286,44 @@ class VllmEngine(InferEngine):
         kv_cache = cpu_kv_cache(extra)
         if kv_cache:
             info.details["kv cache"] = kv_cache
-        try:
-            vllm_config = engine_args(args, meta, info, enable_lora, extra).create_engine_config()
-        except (TypeError, ValueError) as e:  # vLLM's validation (pydantic's ValidationError is a ValueError)
-            raise ArgumentError(f"vLLM rejects the engine arguments: {' '.join(str(e).split())}") from None
-        if current_platform.is_cpu() and not vllm_config.model_config.enforce_eager and not enable_lora:
-            logger.info("vLLM compiles the model with torch.compile on start (1-3 min on CPU); --enforce_eager true "
-                        "skips that and decodes more slowly")
-        elif current_platform.is_cpu() and args.enforce_eager is None:
-            logger.info("vLLM runs eagerly on CPU (fast start); --enforce_eager false compiles the model (1-3 min) "
-                        "for faster decoding")
-        logger.info("Starting vLLM %s (%s)...", vllm.__version__, info.model_dir)
-        return cls(vllm_config, template, info, default_config, loras)
+        with engine_processes() as stderr:  # vLLM logs from here on: its noise is filtered
+            try:
+                vllm_config = engine_args(args, meta, info, enable_lora, extra).create_engine_config()
+            except (TypeError, ValueError) as e:  # vLLM's validation (pydantic's ValidationError is a ValueError)
+                raise ArgumentError(f"vLLM rejects the engine arguments: {' '.join(str(e).split())}") from None
+            if current_platform.is_cpu() and not vllm_config.model_config.enforce_eager and not enable_lora:
+                logger.info("vLLM compiles the model with torch.compile on start (1-3 min on CPU); --enforce_eager "
+                            "true skips that and decodes more slowly")
+            elif current_platform.is_cpu() and args.enforce_eager is None:
+                logger.info("vLLM runs eagerly on CPU (fast start); --enforce_eager false compiles the model "
+                            "(1-3 min) for faster decoding")
+            logger.info("Starting vLLM %s (%s)...", vllm.__version__, info.model_dir)
+            return cls(vllm_config, template, info, default_config, loras, stderr)
 
     async def _start(self, vllm_config: Any) -> AsyncLLM:
         """Made on the engine's loop, so its output handler runs there."""
         return AsyncLLM.from_vllm_config(vllm_config, disable_log_stats=True)
 
     def close(self) -> None:
-        """Stop vLLM's engine processes and the loop thread (also at interpreter exit)."""
+        """Stop vLLM's engine processes, waiting until they have exited, and the loop thread (also at interpreter
+        exit)."""
         engine, self.engine = self.engine, None
         if engine is None:
             return
+        atexit.unregister(self.close)
         self._call(self._shutdown(engine))
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
-        atexit.unregister(self.close)
+        if self._stderr is not None:  # the processes' last lines
+            self._stderr.wait(5)
 
     @staticmethod
     async def _shutdown(engine: AsyncLLM) -> None:
         """On the engine's loop, so its tasks end there; the output handler goes first (else it reports the
-        engine process dead, as an error)."""
+        engine process dead, as an error). vLLM's own 5 s for its processes to exit is too short on a busy CPU."""
         await _cancel_other_tasks()
-        engine.shutdown()
+        engine.shutdown(timeout=SHUTDOWN_TIMEOUT_S)
         await _cancel_other_tasks()
 
     # ---- LoRA ------------------------------------------------------------------------------------------------
@@ -368,7 +399,9 @@ class VllmEngine(InferEngine):
             pass
         choices = [Choice(c.index, c.text, c.finish_reason, list(c.token_ids), _logprobs(c, job))
                    for c in sorted(output.outputs, key=lambda c: c.index)]
-        return InferResponse(choices, Usage(len(job.prompt_ids), sum(len(c.token_ids) for c in output.outputs)))
+        usage = Usage(len(job.prompt_ids), sum(len(c.token_ids) for c in output.outputs),
+                      output.num_cached_tokens or 0)
+        return InferResponse(choices, usage, _prompt_logprobs(output, job))
 
     async def _infer_all(self, jobs: list[_Job], use_tqdm: bool) -> list[InferResponse]:
         tasks = [asyncio.ensure_future(self._final(job)) for job in jobs]
@@ -384,13 +417,18 @@ class VllmEngine(InferEngine):
                 task.cancel()
 
     async def _deltas(self, job: _Job) -> AsyncIterator[StreamDelta]:
-        completion_tokens = 0
+        tokens: dict[int, int] = {}  # per choice, so far
+        cached_tokens = 0
         async for output in self._generate(job):
+            prompt_logprobs = _prompt_logprobs(output, job)  # on the first output only
+            cached_tokens = output.num_cached_tokens or cached_tokens
             for c in output.outputs:
-                completion_tokens += len(c.token_ids)
-                if c.text or c.finish_reason or c.logprobs:
-                    yield StreamDelta(c.index, c.text, c.finish_reason, _logprobs(c, job))
-        yield StreamDelta(0, "", None, usage=Usage(len(job.prompt_ids), completion_tokens))
+                tokens[c.index] = tokens.get(c.index, 0) + len(c.token_ids)
+                if c.text or c.finish_reason or c.logprobs or prompt_logprobs:
+                    yield StreamDelta(c.index, c.text, c.finish_reason, _logprobs(c, job),
+                                      prompt_logprobs=prompt_logprobs, completion_tokens=tokens[c.index])
+                    prompt_logprobs = None
+        yield StreamDelta(0, "", None, usage=Usage(len(job.prompt_ids), sum(tokens.values()), cached_tokens))
 
     async def _merged(self, jobs: list[_Job]) -> AsyncIterator[tuple[int, StreamDelta]]:
         """Several jobs' deltas as (job index, delta) in arrival order; the first error ends them all."""

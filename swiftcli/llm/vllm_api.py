@@ -83,7 +83,9 @@ def get_vllm_engine(model_type: str | None = None, torch_dtype: Any = None, *, m
     """
     from ..arguments import InferArguments
     from ..engine import get_engine
+    from ..log import quiet_vllm_import
 
+    quiet_vllm_import()
     dtype = _DTYPES.get(str(torch_dtype), torch_dtype) if torch_dtype is not None else "AUTO"
     extra = {**(engine_kwargs or {}), **kwargs}
     args = InferArguments(

@@ -52,6 +52,10 @@ def create_app(engine: InferEngine, args: DeployArguments) -> FastAPI:
     async def list_models() -> Response:
         return Response(serving.models().model_dump_json(), media_type="application/json")
 
+    @v1.get("/models/{model_id:path}")
+    async def retrieve_model(model_id: str) -> Response:
+        return Response(serving.model(model_id).model_dump_json(), media_type="application/json")
+
     @v1.post("/chat/completions")
     @with_cancellation
     async def chat_completions(body: ChatCompletionRequest, raw_request: Request) -> Response:
@@ -124,7 +128,8 @@ async def wait_for_disconnect(request: Request) -> None:
 def add_error_handlers(app: FastAPI, serving: OpenAIServing) -> None:
     def reply(request: Request, err: APIError) -> JSONResponse:
         if not err.recorded:
-            serving.record_rejected(request.url.path, err)
+            route = request.scope.get("route")
+            serving.record_rejected(getattr(route, "path", None), request.url.path, err)
         return JSONResponse(err.body(), status_code=err.status)
 
     @app.exception_handler(APIError)
@@ -150,8 +155,13 @@ def add_error_handlers(app: FastAPI, serving: OpenAIServing) -> None:
 
 
 def from_validation_error(exc: RequestValidationError) -> APIError:
-    """FastAPI's 422 becomes a 400 whose message names each bad field; `param` is the first top-level one."""
+    """FastAPI's 422 becomes a 400 whose message names each bad field; `param` is the first top-level one.
+    Fields we do not know are refused in OpenAI's words (never silently ignored)."""
     errors = exc.errors()
+    unknown = [".".join(str(p) for p in e["loc"][1:]) for e in errors if e["type"] == "extra_forbidden"]
+    if unknown:
+        return APIError(400, f"Unrecognized request argument supplied: {', '.join(unknown)} (swift deploy does not "
+                             f"implement it)", param=unknown[0])
     if any(e["type"] == "json_invalid" for e in errors):
         return APIError(400, f"The body is not valid JSON: {errors[0].get('ctx', {}).get('error', errors[0]['msg'])}")
     if [e["loc"] for e in errors] == [("body",)]:

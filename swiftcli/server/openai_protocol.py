@@ -1,6 +1,8 @@
 """OpenAI's request and response shapes (pydantic). A request turns itself into our RequestConfig in one place.
 
-Requests allow extra fields (OpenAI clients send many we do not use); the server logs the ignored ones.
+Nothing a client sends is silently ignored: a request field is implemented, or refused with a 400 that names it
+(an unknown field: "Unrecognized request argument supplied", as OpenAI answers; a known one we do not implement,
+at anything but its neutral value: "... is not supported"). Names and validation follow vLLM's protocol.py.
 """
 from __future__ import annotations
 
@@ -8,9 +10,10 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..protocol import Choice, RequestConfig, TokenLogprob, Usage
+from ..errors import ArgumentError
+from ..protocol import Choice, RequestConfig, TokenLogprob, Usage, content_text, valid_text
 
 
 def random_id(prefix: str) -> str:
@@ -21,13 +24,25 @@ class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class RequestModel(BaseModel):
+    """A request body: an unknown field is a 400 naming it (app.py words it as OpenAI does)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+TokenId = Annotated[int, Field(ge=0)]
+TokenIds = Annotated[list[TokenId], Field(min_length=1)]
+
+
 # ---- requests ------------------------------------------------------------------------------------------------
-class StreamOptions(OpenAIBaseModel):
+class StreamOptions(RequestModel):
     include_usage: bool = False
     """Send one more chunk before [DONE] with the usage of the whole request."""
+    continuous_usage_stats: bool = False
+    """vLLM's: every chunk carries the usage so far."""
 
 
-class SamplingRequest(OpenAIBaseModel):
+class SamplingRequest(RequestModel):
     """Fields shared by chat and completions. None means the server's default (the model's generation_config)."""
 
     model: str
@@ -45,21 +60,68 @@ class SamplingRequest(OpenAIBaseModel):
     stream_options: StreamOptions | None = None
     ignore_eos: bool = False
     user: str | None = None
+    """The end user's id (OpenAI uses it against abuse); it changes no output."""
+    logit_bias: dict[str, float] | None = None
+    # vLLM's extensions
+    stop_token_ids: list[TokenId] | None = None
+    min_tokens: int = 0
+    prompt_logprobs: int | None = None
+    use_beam_search: bool = False
+    """Refused (400) when true: neither engine searches beams here."""
 
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
 
+    @property
+    def continuous_usage(self) -> bool:
+        """vLLM's rule: with include_usage, every chunk carries the usage so far."""
+        return self.include_usage and self.stream_options.continuous_usage_stats
+
     def to_request_config(self) -> RequestConfig:
-        """Raises ArgumentError (-> 400) for out-of-range values."""
+        """Raises ArgumentError (-> 400, naming the field) for values we cannot honour."""
         return self._request_config()
 
+    def check_text(self) -> None:
+        """Every string must be valid Unicode: JSON's `"\\ud800"` is a lone surrogate, which neither a tokenizer nor
+        our reply's JSON can encode. A 400 naming the field, before anything uses the request."""
+
+        def walk(value: Any, path: str, name: str) -> None:
+            if isinstance(value, str):
+                valid_text(value, path, name)
+            elif isinstance(value, dict):
+                for key, item in value.items():
+                    walk(item, f"{path}.{valid_text(str(key), path, name)}", name)
+            elif isinstance(value, list):
+                for i, item in enumerate(value):
+                    walk(item, f"{path}[{i}]", name)
+
+        for name, value in self.model_dump(exclude_defaults=True).items():
+            walk(value, name, name)
+
+    def check(self) -> None:
+        """Combinations vLLM and OpenAI refuse, and what we do not implement."""
+        if self.stream_options is not None and not self.stream:
+            raise ArgumentError("stream_options can only be set when stream is true", param="stream_options")
+        if self.use_beam_search:
+            raise ArgumentError("use_beam_search is not supported by swift deploy (sample with n instead)",
+                                param="use_beam_search")
+        if self.prompt_logprobs is not None and self.stream:
+            raise ArgumentError("prompt_logprobs are not available when stream is true", param="prompt_logprobs")
+
     def _request_config(self, **overrides: Any) -> RequestConfig:
+        self.check()
+        try:
+            logit_bias = {int(k): v for k, v in (self.logit_bias or {}).items()}
+        except ValueError:
+            raise ArgumentError(f"logit_bias keys must be token ids, got {list(self.logit_bias)}",
+                                param="logit_bias") from None
         values = dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                       repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
                       frequency_penalty=self.frequency_penalty, n=self.n, seed=self.seed,
                       stop=[] if self.stop is None else self.stop,
-                      ignore_eos=self.ignore_eos)
+                      ignore_eos=self.ignore_eos, stop_token_ids=self.stop_token_ids or [],
+                      min_tokens=self.min_tokens, logit_bias=logit_bias, prompt_logprobs=self.prompt_logprobs)
         return RequestConfig(**{**values, **overrides})
 
 
@@ -69,8 +131,20 @@ class TextPart(OpenAIBaseModel):
 
 
 class ChatMessage(OpenAIBaseModel):
+    """Other keys are allowed only when empty: SDKs send a reply's message back with `refusal`, `tool_calls`,
+    `annotations`... set to null, but a set one (a tool call) would be dropped unread."""
+
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart] | None = None
+    name: str | None = None
+    """OpenAI's participant name: passed to the model's own chat template (as vLLM does), which may write it."""
+
+    @model_validator(mode="after")
+    def _no_unread_keys(self) -> ChatMessage:
+        unread = [key for key, value in (self.model_extra or {}).items() if value not in (None, "", [], {})]
+        if unread:
+            raise ValueError(f"{', '.join(unread)} not supported in a message (only role and content are read)")
+        return self
 
 
 class ChatCompletionRequest(SamplingRequest):
@@ -79,6 +153,40 @@ class ChatCompletionRequest(SamplingRequest):
     """What current OpenAI SDKs send instead of max_tokens; it wins when both are given."""
     logprobs: bool | None = False
     top_logprobs: int | None = None
+    # tool calling is not implemented: accepted only where it asks for nothing
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    # vLLM's chat-template fields: a prefill ends with an assistant message and continues it
+    add_generation_prompt: bool = True
+    """Open the assistant's turn after the messages (after a final assistant message: a new turn)."""
+    continue_final_message: bool = False
+    """Leave the final message open and continue it; implies no generation prompt."""
+    echo: bool = False
+    """Put the final message's content in front of the reply when the assistant wrote it (a continued prefill)."""
+
+    def check(self) -> None:
+        super().check()
+        if self.tools:
+            raise ArgumentError("tools: tool calling is not supported by swift deploy", param="tools")
+        if self.tool_choice not in (None, "none"):
+            raise ArgumentError("When using `tool_choice`, `tools` must be set.", param="tool_choice")
+        if self.response_format is not None and self.response_format.get("type") != "text":
+            raise ArgumentError(f"response_format {self.response_format.get('type')!r} is not supported by swift "
+                                f"deploy (only 'text')", param="response_format")
+        if self.top_logprobs and not self.logprobs:
+            raise ArgumentError("when using `top_logprobs`, `logprobs` must be set to true", param="top_logprobs")
+        if self.continue_final_message and self.add_generation_prompt and \
+                "add_generation_prompt" in self.model_fields_set:
+            raise ArgumentError("Cannot set both `continue_final_message` and `add_generation_prompt` to True.",
+                                param="continue_final_message")
+
+    @property
+    def echo_prefix(self) -> str:
+        """What `echo` puts in front of each reply: the final message's content if it is the assistant's."""
+        last = self.messages[-1]
+        return content_text(self.message_dicts()[-1]["content"]) if self.echo and last.role == "assistant" else ""
 
     def to_request_config(self) -> RequestConfig:
         max_tokens = self.max_tokens if self.max_completion_tokens is None else self.max_completion_tokens
@@ -86,34 +194,66 @@ class ChatCompletionRequest(SamplingRequest):
                                     top_logprobs=self.top_logprobs)
 
     def message_dicts(self) -> list[dict[str, Any]]:
-        return [m.model_dump(include={"role", "content"}) for m in self.messages]
+        return [m.model_dump(include={"role", "content", "name"}, exclude_none=True) for m in self.messages]
 
 
 class CompletionRequest(SamplingRequest):
-    prompt: str | Annotated[list[str], Field(min_length=1)]
+    prompt: (str | Annotated[list[str], Field(min_length=1)] | TokenIds
+             | Annotated[list[TokenIds], Field(min_length=1)])
+    """Text or token ids, one prompt or a list of them (OpenAI's and vLLM's four forms)."""
     echo: bool = False
-    """Put the prompt in front of the generated text."""
+    """Put the prompt in front of the generated text (with `logprobs`: the prompt tokens' logprobs too)."""
     logprobs: int | None = None
     """Legacy completions: how many top logprobs per token (0: only the sampled token's)."""
+    best_of: int | None = None
+    suffix: str | None = None
 
     @property
-    def prompts(self) -> list[str]:
-        return [self.prompt] if isinstance(self.prompt, str) else self.prompt
+    def prompts(self) -> list[str | list[int]]:
+        """One entry per prompt: text or token ids."""
+        if isinstance(self.prompt, str) or isinstance(self.prompt[0], int):
+            return [self.prompt]
+        return self.prompt
+
+    def check(self) -> None:
+        super().check()
+        if self.best_of not in (None, 1, self.n):
+            raise ArgumentError("best_of is not supported by swift deploy (only best_of = n)", param="best_of")
+        if self.suffix:
+            raise ArgumentError("suffix (fill-in-the-middle) is not supported by swift deploy", param="suffix")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise ArgumentError(f"logprobs must be in [0, 20], got {self.logprobs}", param="logprobs")
+
+    @property
+    def echo_logprobs(self) -> bool:
+        """echo with logprobs: the prompt's tokens are scored too (what lm-eval's loglikelihood reads)."""
+        return self.echo and self.logprobs is not None
 
     def to_request_config(self) -> RequestConfig:
-        return self._request_config(logprobs=self.logprobs is not None, top_logprobs=self.logprobs)
+        prompt_logprobs = self.prompt_logprobs
+        if prompt_logprobs is None and self.echo_logprobs:
+            prompt_logprobs = self.logprobs
+        return self._request_config(logprobs=self.logprobs is not None, top_logprobs=self.logprobs,
+                                    prompt_logprobs=prompt_logprobs)
 
 
 # ---- responses -----------------------------------------------------------------------------------------------
+class PromptTokensDetails(OpenAIBaseModel):
+    cached_tokens: int = 0
+
+
 class UsageInfo(OpenAIBaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
 
     @classmethod
     def of(cls, usages: list[Usage]) -> UsageInfo:
         prompt, completion = sum(u.prompt_tokens for u in usages), sum(u.completion_tokens for u in usages)
-        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+        details = PromptTokensDetails(cached_tokens=sum(u.cached_tokens for u in usages))
+        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
+                   prompt_tokens_details=details)
 
 
 class ChatResponseMessage(OpenAIBaseModel):
@@ -135,6 +275,7 @@ class ChatCompletionResponse(OpenAIBaseModel):
     model: str
     choices: list[ChatCompletionChoice]
     usage: UsageInfo
+    prompt_logprobs: list[dict[str, Any] | None] | None = None
 
 
 class CompletionChoice(OpenAIBaseModel):
@@ -142,6 +283,7 @@ class CompletionChoice(OpenAIBaseModel):
     text: str
     finish_reason: str | None
     logprobs: dict[str, Any] | None = None
+    prompt_logprobs: list[dict[str, Any] | None] | None = None
 
 
 class CompletionResponse(OpenAIBaseModel):
@@ -194,7 +336,8 @@ def chat_logprobs(items: list[TokenLogprob] | None) -> dict[str, Any] | None:
 
 
 def completion_logprobs(items: list[TokenLogprob] | None, offset: int = 0) -> dict[str, Any] | None:
-    """`offset`: where this text starts in the choice's text (text_offset counts from there)."""
+    """`offset`: where this text starts in the choice's text (text_offset counts from there). A token without a
+    logprob (an echoed prompt's first) has null top_logprobs too."""
     if items is None:
         return None
     offsets = []
@@ -202,7 +345,29 @@ def completion_logprobs(items: list[TokenLogprob] | None, offset: int = 0) -> di
         offsets.append(offset)
         offset += len(t.token)
     return {"tokens": [t.token for t in items], "token_logprobs": [t.logprob for t in items],
-            "top_logprobs": [dict(t.top) for t in items], "text_offset": offsets}
+            "top_logprobs": [None if t.logprob is None else dict(t.top) for t in items], "text_offset": offsets}
+
+
+def echoed_logprobs(prompt: list[TokenLogprob | None], first_token: str,
+                    generated: list[TokenLogprob] | None) -> list[TokenLogprob]:
+    """An echoed prompt's tokens then the generated ones; the first prompt token has no logprob (vLLM, OpenAI)."""
+    return [TokenLogprob(first_token, None), *prompt[1:], *(generated or [])]  # type: ignore[list-item]
+
+
+def vllm_prompt_logprobs(items: list[TokenLogprob | None] | None) -> list[dict[str, Any] | None] | None:
+    """vLLM's `prompt_logprobs`: per prompt token {token id: {logprob, rank, decoded_token}}, the first None."""
+    if items is None:
+        return None
+    out: list[dict[str, Any] | None] = []
+    for t in items:
+        if t is None:
+            out.append(None)
+            continue
+        entry = {str(i): {"logprob": v, "rank": rank, "decoded_token": s}
+                 for rank, (i, (s, v)) in enumerate(zip(t.top_ids, t.top), start=1)}
+        entry[str(t.token_id)] = {"logprob": t.logprob, "rank": t.rank, "decoded_token": t.token}
+        out.append(entry)
+    return out
 
 
 def chat_choice(choice: Choice) -> ChatCompletionChoice:

@@ -18,7 +18,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from ..engine import InferEngine
 from ..errors import ArgumentError, ContextLengthError, SwiftError
-from ..protocol import InferRequest, InferResponse, RequestConfig, StreamDelta, Usage
+from ..protocol import Choice, InferRequest, InferResponse, RequestConfig, StreamDelta, Usage
 from .metrics import ServerMetrics
 from .openai_protocol import (
     ChatCompletionRequest,
@@ -35,7 +35,9 @@ from .openai_protocol import (
     chat_choice,
     chat_logprobs,
     completion_logprobs,
+    echoed_logprobs,
     random_id,
+    vllm_prompt_logprobs,
 )
 
 logger = logging.getLogger("swiftcli")
@@ -48,6 +50,7 @@ class APIError(Exception):
     """An error the client receives as OpenAI's `{"error": {...}}` with this HTTP status."""
 
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # it may quote a client's bad text
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
         self.recorded = False
@@ -67,7 +70,7 @@ def to_api_error(exc: BaseException, endpoint: str) -> APIError:
     if isinstance(exc, ContextLengthError):
         return APIError(400, str(exc), param=prompt_param, code="context_length_exceeded")
     if isinstance(exc, SwiftError):
-        return APIError(400, str(exc))
+        return APIError(400, str(exc), param=getattr(exc, "param", None))
     return APIError(500, f"The engine failed on this request: {type(exc).__name__}: {exc}")
 
 
@@ -81,7 +84,7 @@ class Job:
     config: RequestConfig
     stream: bool
     include_usage: bool
-    ignored: list[str]
+    continuous_usage: bool
     id: str
     start: float = field(default_factory=time.perf_counter)
     first_text: float | None = None
@@ -97,8 +100,10 @@ class ChunkWriter:
                           separators=_COMPACT)
         self.head = "data: " + head[:-1] + ',"choices":['
 
-    def choice(self, choice: dict[str, Any]) -> str:
-        return f"{self.head}{json.dumps(choice, ensure_ascii=False, separators=_COMPACT)}]}}\n\n"
+    def choice(self, choice: dict[str, Any], usage: UsageInfo | None = None) -> str:
+        """usage: the usage so far on every chunk (vLLM's continuous_usage_stats)."""
+        tail = "]}" if usage is None else f'],"usage":{usage.model_dump_json()}}}'
+        return f"{self.head}{json.dumps(choice, ensure_ascii=False, separators=_COMPACT)}{tail}\n\n"
 
     def usage(self, usage: UsageInfo) -> str:
         return f'{self.head}],"usage":{usage.model_dump_json()}}}\n\n'
@@ -125,51 +130,71 @@ class ChatFormat:
 
     def __init__(self, request: ChatCompletionRequest):
         self.n = request.n
+        self.echo = request.echo_prefix
+        """`echo`: the continued assistant message, in front of each reply (the opening delta carries it)."""
 
     def opening(self, i: int) -> list[dict[str, Any]]:
-        return [{"index": k, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-                for k in range(self.n)]
+        return [{"index": k, "delta": {"role": "assistant", "content": self.echo}, "logprobs": None,
+                 "finish_reason": None} for k in range(self.n)]
 
     def delta(self, i: int, d: StreamDelta) -> dict[str, Any]:
         return {"index": d.index, "delta": {"content": d.text}, "logprobs": chat_logprobs(d.logprobs),
                 "finish_reason": d.finish_reason}
 
     def response(self, job: Job, results: list[InferResponse]) -> ChatCompletionResponse:
-        return ChatCompletionResponse(id=job.id, model=job.model, usage=job.usage,
-                                      choices=[chat_choice(c) for c in results[0].choices])
+        choices = [chat_choice(c) for c in results[0].choices]
+        for choice in choices:
+            choice.message.content = self.echo + choice.message.content
+        return ChatCompletionResponse(id=job.id, model=job.model, usage=job.usage, choices=choices,
+                                      prompt_logprobs=vllm_prompt_logprobs(results[0].prompt_logprobs))
 
 
 class CompletionFormat:
-    """Legacy completions: choice index = prompt index * n + choice; `echo` puts the prompt first."""
+    """Legacy completions: choice index = prompt index * n + choice; `echo` puts the prompt first, and with
+    `logprobs` the prompt tokens' logprobs too (the first token's is null, as in OpenAI and vLLM)."""
 
     chunk_object = "text_completion"
 
-    def __init__(self, request: CompletionRequest):
-        self.n, self.prompts, self.echo = request.n, request.prompts, request.echo
+    def __init__(self, request: CompletionRequest, prompts: list[str], first_tokens: list[str]):
+        """prompts: each prompt's text (token-id prompts decoded); first_tokens: each prompt's first token."""
+        self.n, self.prompts, self.first_tokens, self.echo = request.n, prompts, first_tokens, request.echo
+        self.echo_logprobs = request.echo_logprobs
         self.offsets: dict[int, int] = {}
         """Characters streamed so far per choice (logprobs' text_offset)."""
+        self.prompt_logprobs: dict[int, Any] = {}
+        """Per prompt: its tokens' logprobs, from the first delta (echo with logprobs)."""
 
     def _head(self, i: int) -> str:
         return self.prompts[i] if self.echo else ""
 
     def opening(self, i: int) -> list[dict[str, Any]]:
-        if not self.echo:
+        if not self.echo or self.echo_logprobs:  # with logprobs the prompt goes out with its logprobs, below
             return []
         return [{"index": i * self.n + k, "text": self.prompts[i], "logprobs": None, "finish_reason": None}
                 for k in range(self.n)]
 
     def delta(self, i: int, d: StreamDelta) -> dict[str, Any]:
         index = i * self.n + d.index
-        offset = self.offsets.get(index, len(self._head(i)))
-        self.offsets[index] = offset + len(d.text)
-        return {"index": index, "text": d.text, "logprobs": completion_logprobs(d.logprobs, offset),
+        if d.prompt_logprobs is not None:
+            self.prompt_logprobs[i] = d.prompt_logprobs
+        text, logprobs = d.text, d.logprobs
+        if self.echo_logprobs and index not in self.offsets:  # this choice's first delta: the prompt first
+            text = self.prompts[i] + text
+            logprobs = echoed_logprobs(self.prompt_logprobs[i], self.first_tokens[i], d.logprobs)
+        offset = self.offsets.get(index, 0 if self.echo_logprobs else len(self._head(i)))
+        self.offsets[index] = offset + len(text)
+        return {"index": index, "text": text, "logprobs": completion_logprobs(logprobs, offset),
                 "finish_reason": d.finish_reason}
 
+    def _choice(self, i: int, c: Choice, result: InferResponse) -> CompletionChoice:
+        logprobs = completion_logprobs(c.logprobs, len(self._head(i)))
+        if self.echo_logprobs:
+            logprobs = completion_logprobs(echoed_logprobs(result.prompt_logprobs, self.first_tokens[i], c.logprobs))
+        return CompletionChoice(index=i * self.n + c.index, text=self._head(i) + c.text, finish_reason=c.finish_reason,
+                                logprobs=logprobs, prompt_logprobs=vllm_prompt_logprobs(result.prompt_logprobs))
+
     def response(self, job: Job, results: list[InferResponse]) -> CompletionResponse:
-        choices = [CompletionChoice(index=i * self.n + c.index, text=self._head(i) + c.text,
-                                    finish_reason=c.finish_reason,
-                                    logprobs=completion_logprobs(c.logprobs, len(self._head(i))))
-                   for i, result in enumerate(results) for c in result.choices]
+        choices = [self._choice(i, c, result) for i, result in enumerate(results) for c in result.choices]
         return CompletionResponse(id=job.id, model=job.model, choices=choices, usage=job.usage)
 
 
@@ -190,40 +215,61 @@ class OpenAIServing:
                   for name, path in info.adapters.items()]
         return ModelList(data=cards)
 
+    def model(self, model_id: str) -> ModelCard:
+        """OpenAI's retrieve-model: one card of /v1/models, or 404."""
+        card = next((c for c in self.models().data if c.id == model_id), None)
+        if card is None:
+            raise self._unknown_model(model_id)
+        return card
+
+    def _unknown_model(self, model: str) -> APIError:
+        return APIError(404, f"The model `{model}` does not exist. Served: {[c.id for c in self.models().data]}",
+                        param="model", code="model_not_found")
+
     def adapter_for(self, model: str) -> str | None:
         """The LoRA a `model` name selects (None: the base model)."""
         if model == self.base_model:
             return None
         if model in self.engine.info.adapters:
             return model
-        raise APIError(404, f"The model `{model}` does not exist. Served: {[c.id for c in self.models().data]}",
-                       param="model", code="model_not_found")
+        raise self._unknown_model(model)
 
     # ---- endpoints -----------------------------------------------------------------------------------------------
     async def chat(self, body: ChatCompletionRequest) -> Response:
+        body.check_text()
         adapter = self.adapter_for(body.model)
         if self.engine.template.is_generation:
             raise APIError(400, f"`{body.model}` is a base (generation) model without a chat template: "
                                 f"send a prompt to {COMPLETIONS} instead", param="messages")
         try:
-            request = InferRequest(messages=body.message_dicts(), adapter=adapter)
+            request = InferRequest(messages=body.message_dicts(), adapter=adapter,
+                                   add_generation_prompt=body.add_generation_prompt,
+                                   continue_final_message=body.continue_final_message)
         except ArgumentError as e:
             raise APIError(400, str(e), param="messages") from None
         return await self._respond(self._job(CHAT, body, [request]), ChatFormat(body))
 
     async def completion(self, body: CompletionRequest) -> Response:
         """The raw prompt, never wrapped in the chat template."""
+        body.check_text()
         adapter = self.adapter_for(body.model)
         try:
             requests = [InferRequest(prompt=p, adapter=adapter) for p in body.prompts]
         except ArgumentError as e:
             raise APIError(400, str(e), param="prompt") from None
-        return await self._respond(self._job(COMPLETIONS, body, requests), CompletionFormat(body))
+        job = self._job(COMPLETIONS, body, requests)
+        texts = [p if isinstance(p, str) else self._decode(p) for p in body.prompts]
+        first_tokens = ([self._decode(self.engine.encode(r).input_ids[:1]) for r in requests]
+                        if body.echo_logprobs else [])
+        return await self._respond(job, CompletionFormat(body, texts, first_tokens))
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.engine.template.tokenizer.decode(ids)
 
     def _job(self, endpoint: str, body: SamplingRequest, requests: list[InferRequest]) -> Job:
         prefix = "chatcmpl" if endpoint == CHAT else "cmpl"
         return Job(endpoint, body.model, requests, body.to_request_config(), body.stream, body.include_usage,
-                   sorted(body.model_extra or {}), random_id(prefix))
+                   body.continuous_usage, random_id(prefix))
 
     async def _respond(self, job: Job, fmt: ChatFormat | CompletionFormat) -> Response:
         if not job.stream:
@@ -246,21 +292,31 @@ class OpenAIServing:
         async with self._track(job):
             try:
                 for i, request in enumerate(job.requests):
+                    prompt_tokens = len(self.engine.encode(request).input_ids) if job.continuous_usage else 0
                     for choice in fmt.opening(i):
-                        yield writer.choice(choice)
+                        yield writer.choice(choice, self._usage_so_far(job, prompt_tokens, 0))
                     async with aclosing(self.engine.infer_stream_async(request, job.config)) as deltas:
                         async for d in deltas:
                             if d.usage is not None:
                                 usages.append(d.usage)
-                            if d.text or d.finish_reason:
+                            if d.text or d.finish_reason or d.prompt_logprobs:
                                 job.first_text = job.first_text or time.perf_counter()
-                                yield writer.choice(fmt.delta(i, d))
+                                usage = self._usage_so_far(job, prompt_tokens, d.completion_tokens or 0)
+                                yield writer.choice(fmt.delta(i, d), usage)
                 job.usage = UsageInfo.of(usages)
                 if job.include_usage:
                     yield writer.usage(job.usage)
             except Exception as e:  # the 200 is out: the error can only travel as the last chunk
                 yield writer.error(self._fail(job, e))
             yield DONE
+
+    @staticmethod
+    def _usage_so_far(job: Job, prompt_tokens: int, completion_tokens: int) -> UsageInfo | None:
+        """vLLM's continuous_usage_stats: the prompt's tokens and this choice's so far, on every chunk."""
+        if not job.continuous_usage:
+            return None
+        return UsageInfo(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                         total_tokens=prompt_tokens + completion_tokens)
 
     def _fail(self, job: Job, exc: Exception) -> APIError:
         err = to_api_error(exc, job.endpoint)
@@ -306,12 +362,13 @@ class OpenAIServing:
         m.prompt_tokens.inc(usage.prompt_tokens)
         m.generation_tokens.inc(usage.completion_tokens)
         ttft = f" ttft={job.first_text - job.start:.2f}s" if job.first_text is not None else ""
-        ignored = f" ignored_fields={','.join(job.ignored)}" if job.ignored else ""
-        logger.info("%s %s model=%s stream=%s prompt_tokens=%d completion_tokens=%d%s latency=%.2fs status=%s%s",
+        logger.info("%s %s model=%s stream=%s prompt_tokens=%d completion_tokens=%d%s latency=%.2fs status=%s",
                     job.id, job.endpoint, job.model, job.stream, usage.prompt_tokens, usage.completion_tokens, ttft,
-                    latency, job.status, ignored)
+                    latency, job.status)
 
-    def record_rejected(self, endpoint: str, err: APIError) -> None:
-        """Requests refused before any generation (validation, unknown model, API key) count and log too."""
-        self.metrics.requests.labels(endpoint, str(err.status)).inc()
-        logger.info("%s status=%d: %s", endpoint, err.status, err.message)
+    def record_rejected(self, route: str | None, path: str, err: APIError) -> None:
+        """Requests refused before any generation (validation, unknown model, API key) count and log too.
+        route: the matched route's path template; None (no route matched) counts as "other", so a client's
+        made-up paths cannot add label values without bound."""
+        self.metrics.requests.labels(route or "other", str(err.status)).inc()
+        logger.info("%s status=%d: %s", path, err.status, err.message)

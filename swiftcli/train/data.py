@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..arguments import SftArguments
-from ..dataset import Row, from_swift, get_dataset, load_source, sample_rows, to_row
+from ..dataset import Row, get_dataset, load_source, sample_rows, to_row
 from ..errors import SwiftError
 from ..template import IGNORE_INDEX, Template
 
@@ -21,7 +21,7 @@ def self_cognition_rows(n: int, model_name: list[str], model_author: list[str], 
     for i, item in enumerate(load_source(SELF_COGNITION_FILE)):
         name, author = names[item["tag"]]
         filled = {k: item[k].replace("{{NAME}}", name).replace("{{AUTHOR}}", author) for k in ("query", "response")}
-        rows.append(to_row(f"self-cognition:{i}", filled, from_swift))
+        rows.append(to_row(f"self-cognition:{i}", filled))
     return sample_rows(rows, n, seed)
 
 

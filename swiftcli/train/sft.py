@@ -15,12 +15,14 @@ from typing import Any
 
 from ..arguments import SftArguments, world_size
 from ..checkpoint import write_ckpt_args
+from ..dataset import absolute_spec
 from ..errors import ArgumentError
 from ..model import default_device, load_model, load_tokenizer, resolve_model, resolve_torch_dtype
 from ..registry import MODEL_MAPPING, ModelMeta
 from ..template import IGNORE_INDEX, Template, get_template
 from .callbacks import (CheckpointArgsCallback, JsonlLogCallback, RichProgressCallback, ThroughputCallback,
                         append_jsonl, checkpoint_dir, format_throughput, plot_loss)
+from . import fsdp
 from .data import encode_rows, training_rows
 
 logger = logging.getLogger("swiftcli")
@@ -53,7 +55,9 @@ def train_sft(args: SftArguments) -> dict[str, Any]:
         run_dir = start_run_dir(args, meta.model_type, device, saved)
         training_args = training_arguments(args, run_dir, saved["dtype"], has_val=bool(val_data))
     logger.info("Loading %s (%s) from %s...", meta.model_type, DTYPE_NAMES[str(torch_dtype)], model_dir)
-    model = load_model(model_dir, torch_dtype, device, meta.trust_remote_code, device_map=None)  # Trainer places it
+    sharded = fsdp.load_kwargs(device, world_size()) if args.fsdp else {}  # CPU: sharded as it loads
+    model = load_model(model_dir, torch_dtype, device, meta.trust_remote_code, device_map=None,  # Trainer places it
+                       **sharded)
     model = prepare_model(model, args)
 
     if training_args is None:
@@ -112,10 +116,46 @@ def prepare_data(args: SftArguments, template: Template) -> tuple[list[dict], li
 
 
 # ---- model -----------------------------------------------------------------------------------------------------
-def lora_targets(names: list[str]) -> str | list[str] | None:
-    """--lora_target_modules for peft: DEFAULT -> None (peft's per-architecture choice), ALL -> 'all-linear'."""
+ATTENTION_OUTPUTS = ("o_proj", "out_proj", "c_proj", "dense", "wo")
+"""Attention output projections: not in DEFAULT (ms-swift's per-architecture defaults are the q/k/v inputs)."""
+
+
+def _is_linear(module: Any) -> bool:
+    import torch
+
+    return isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Conv1D", "QuantLinear")
+
+
+def linear_names(model: Any) -> list[str]:
+    """The distinct names of the model's linear layers (what --lora_target_modules can name), in model order."""
+    names: dict[str, None] = {}
+    for name, module in model.named_modules():
+        if _is_linear(module) and name:
+            names[name.rsplit(".", 1)[-1]] = None
+    return list(names)
+
+
+def default_lora_targets(model: Any) -> list[str]:
+    """DEFAULT, as ms-swift means it: the attention's input projections, by the names this model really has
+    (q_proj k_proj v_proj; Phi-3's fused qkv_proj; Qwen-1's c_attn; ChatGLM's query_key_value)."""
+    names: dict[str, None] = {}
+    for name, module in model.named_modules():
+        parent, _, leaf = name.rpartition(".")
+        in_attention = any(part in parent.rsplit(".", 1)[-1].lower() for part in ("attn", "attention"))
+        if in_attention and _is_linear(module) and leaf not in ATTENTION_OUTPUTS:
+            names[leaf] = None
+    return list(names)
+
+
+def lora_targets(names: list[str], model: Any) -> str | list[str]:
+    """--lora_target_modules for peft: DEFAULT -> the attention projections found in `model`, ALL -> 'all-linear'."""
     if names == ["DEFAULT"]:
-        return None
+        found = default_lora_targets(model)
+        if not found:
+            raise ArgumentError(f"--lora_target_modules DEFAULT: no attention projection found by name in "
+                                f"{type(model).__name__}; pass ALL or some of its linear layers: "
+                                f"{' '.join(linear_names(model))}")
+        return found
     if names == ["ALL"]:
         return "all-linear"
     return names
@@ -127,13 +167,16 @@ def prepare_model(model: Any, args: SftArguments) -> Any:
     if args.sft_type == "lora":
         from peft import LoraConfig, get_peft_model
 
+        targets = lora_targets(args.lora_target_modules, model)
+        logger.info("LoRA target modules: %s", targets if isinstance(targets, str) else " ".join(targets))
         config = LoraConfig(task_type="CAUSAL_LM", r=args.lora_rank, lora_alpha=args.lora_alpha,
-                            lora_dropout=args.lora_dropout, target_modules=lora_targets(args.lora_target_modules))
+                            lora_dropout=args.lora_dropout, target_modules=targets)
         try:
             model = get_peft_model(model, config)
-        except ValueError as e:  # peft: "Target modules {...} not found in the base model", no default known
+        except ValueError as e:  # peft: "Target modules {...} not found in the base model"
             raise ArgumentError(f"--lora_target_modules {' '.join(args.lora_target_modules)}: "
-                                f"{str(e).strip().splitlines()[0]} (try ALL, or names such as q_proj v_proj)") from None
+                                f"{str(e).strip().splitlines()[0]} (this model's linear layers: "
+                                f"{' '.join(linear_names(model))}; or DEFAULT, ALL)") from None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     logger.info("Trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
@@ -201,14 +244,19 @@ def make_run_dir(output_dir: str, model_type: str) -> str:
 
 
 def resolved_args(args: SftArguments, meta: ModelMeta, template: Template, dtype: str) -> dict[str, Any]:
-    """Every argument, with what AUTO and defaults resolved to: what `--ckpt_dir` and `--load_dataset_config` read."""
+    """Every argument, with what AUTO and defaults resolved to: what `--ckpt_dir` and `--load_dataset_config` read.
+
+    `system` is the default system prompt the rows were trained with: its text, '' for none, or null for the
+    template's own (what a tokenizer's chat template writes when no system message is sent)."""
     saved = args.saved_args()
     model_id_or_path = args.model_id_or_path
     if model_id_or_path and os.path.exists(model_id_or_path):
         model_id_or_path = os.path.abspath(model_id_or_path)
     saved.update(model_type=meta.model_type if MODEL_MAPPING.get(meta.model_type) is meta else None,
                  model_id_or_path=model_id_or_path, template_type=template.template_type,
-                 system=template.default_system or "", dtype=dtype)
+                 system="" if args.system == "" else template.default_system, dtype=dtype,
+                 dataset=[absolute_spec(spec) for spec in args.dataset],
+                 val_dataset=[absolute_spec(spec) for spec in args.val_dataset])
     return saved
 
 
@@ -217,7 +265,12 @@ def build_trainer(training_args: Any, model: Any, tokenizer: Any, train_data: li
                   run_dir: str, saved: dict[str, Any]) -> Any:
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, Trainer
 
-    trainer = Trainer(
+    class SwiftTrainer(Trainer):
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+            if not fsdp.save_adapter_collectively(self, output_dir):
+                super().save_model(output_dir, _internal_call)
+
+    trainer = SwiftTrainer(
         model=model, args=training_args,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX),
         train_dataset=train_data, eval_dataset=val_data or None, processing_class=tokenizer,
@@ -234,7 +287,7 @@ def training_arguments(args: SftArguments, run_dir: str, dtype: str, has_val: bo
     from .deepspeed import deepspeed_config
 
     device = default_device()
-    return TrainingArguments(
+    kwargs = dict(
         output_dir=run_dir, seed=args.seed, num_train_epochs=args.num_train_epochs, max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
         gradient_accumulation_steps=args.gradient_accumulation_steps, learning_rate=args.learning_rate,
@@ -250,6 +303,10 @@ def training_arguments(args: SftArguments, run_dir: str, dtype: str, has_val: bo
         deepspeed=deepspeed_config(args.deepspeed) if args.deepspeed else None,
         include_num_input_tokens_seen="non_padding",  # for the tokens/s of the summary (ThroughputCallback)
         remove_unused_columns=False, report_to="none", disable_tqdm=True)
+    if args.fsdp:
+        plan = fsdp.parse_fsdp(args.fsdp, args.fsdp_config)
+        kwargs.update(fsdp.training_kwargs(plan, device, args.gradient_checkpointing))
+    return TrainingArguments(**kwargs)
 
 
 def finish(trainer: Any, run_dir: str) -> dict[str, Any]:
