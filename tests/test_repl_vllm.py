@@ -11,19 +11,11 @@ import sys
 import pexpect
 import pytest
 from conftest import assert_all_exited, assert_quiet_vllm, descendants
+from test_repl import SEP, ask
 
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
-SEP = "-" * 50
 LONG = "Write a very long story about a dragon, at least 500 words."
-
-
-def ask(child: pexpect.spawn, text: str) -> str:
-    child.sendline(text)
-    child.expect_exact(SEP)
-    answer = child.before.split(text, 1)[-1].strip()
-    child.expect_exact("<<< ")
-    return answer
 
 
 def test_ctrl_c_stops_the_answer_not_the_engine(tmp_path):
