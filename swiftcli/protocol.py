@@ -1,76 +1,15 @@
-"""The engine's data shapes: requests in, responses out. Both engines, the REPL, the server and the UI speak these."""
+"""The engine's data shapes: requests in (with a RequestConfig), responses out. Both engines, the REPL, the server
+and the UI speak these."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 from .errors import ArgumentError
+from .request_config import RequestConfig  # noqa: F401  (re-exported: the shapes a request is made of)
 
 Messages = list[dict[str, Any]]
 History = list[list[str]]
-
-
-@dataclass
-class RequestConfig:
-    """Sampling settings of one request. `None` means the model's generation_config decides."""
-
-    max_tokens: int | None = None
-    temperature: float | None = None
-    """0 means greedy."""
-    top_k: int | None = None
-    top_p: float | None = None
-    repetition_penalty: float | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    n: int = 1
-    logprobs: bool = False
-    top_logprobs: int | None = None
-    ignore_eos: bool = False
-    """Ignore the model's end-of-turn ids and stop words (not the request's own `stop`/`stop_token_ids`)."""
-    stop_token_ids: list[int] = field(default_factory=list)
-    """Token ids that end a reply, on top of the model's own (vLLM's field)."""
-    min_tokens: int = 0
-    """No stop (id or string) before this many tokens (vLLM's field)."""
-    logit_bias: dict[int, float] = field(default_factory=dict)
-    """Added to these token ids' logits before sampling (OpenAI's field: -100 bans, 100 forces)."""
-    prompt_logprobs: int | None = None
-    """Logprob of every prompt token (the first has none) with this many top alternatives; None: off."""
-
-    def __post_init__(self) -> None:
-        if isinstance(self.stop, str):
-            self.stop = [self.stop]
-        checks = [
-            (self.max_tokens is None or self.max_tokens >= 1, "max_tokens", "must be >= 1"),
-            (self.temperature is None or 0 <= self.temperature <= 2, "temperature", "must be in [0, 2]"),
-            (self.top_k is None or self.top_k >= -1, "top_k", "must be -1 or 0 (off) or >= 1"),
-            (self.seed is None or 0 <= self.seed < 2**63, "seed", "must be in [0, 2**63)"),
-            (self.top_p is None or 0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
-            (self.repetition_penalty is None or self.repetition_penalty > 0, "repetition_penalty", "must be > 0"),
-            (-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]"),
-            (-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]"),
-            (1 <= self.n <= 16, "n", "must be in [1, 16]"),
-            (self.top_logprobs is None or 0 <= self.top_logprobs <= 20, "top_logprobs", "must be in [0, 20]"),
-            (all(isinstance(s, str) and s for s in self.stop), "stop", "must be non-empty strings"),
-            (all(isinstance(i, int) and i >= 0 for i in self.stop_token_ids), "stop_token_ids",
-             "must be token ids (integers >= 0)"),
-            (self.min_tokens >= 0, "min_tokens", "must be >= 0"),
-            (self.max_tokens is None or self.min_tokens <= self.max_tokens, "min_tokens",
-             f"must be <= max_tokens ({self.max_tokens})"),
-            (all(isinstance(i, int) and i >= 0 for i in self.logit_bias), "logit_bias", "keys must be token ids"),
-            (all(-100 <= v <= 100 for v in self.logit_bias.values()), "logit_bias", "values must be in [-100, 100]"),
-            (self.prompt_logprobs is None or 0 <= self.prompt_logprobs <= 20, "prompt_logprobs", "must be in [0, 20]"),
-            (self.n == 1 or self.temperature != 0, "n", "must be 1 when using greedy sampling (temperature 0)"),
-        ]
-        for ok, name, why in checks:
-            if not ok:
-                raise ArgumentError(f"{name} {why}, got {getattr(self, name)!r}", param=name)
-
-    def replace(self, **changes: Any) -> "RequestConfig":
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        values.update({k: v for k, v in changes.items() if v is not None})
-        return RequestConfig(**values)
 
 
 @dataclass

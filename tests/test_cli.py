@@ -101,6 +101,8 @@ def test_ms_swift_sft_args_json_is_read(tmp_path, lora_dir):
     (["infer", "--dtype", "int3"], "--dtype must be one of"),
     (["infer", "--config", "/no/such.yaml"], "does not exist"),
     (["app-uii"], "No such command"),
+    (["infer", "--min_p", "1.5"], "--min_p must be in [0, 1], got 1.5"),
+    (["export", "--stream", "true"], "unknown flag --stream"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, capsys):
     code, err = run_main(argv, capsys)
@@ -121,3 +123,19 @@ def test_list_models_shows_the_seed_models():
                          env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
     for name in ("qwen-7b-chat", "chatglm3-6b", "qwen1half-7b-chat-int4", "smollm2-135m-instruct"):
         assert name in out.stdout
+
+
+def test_each_command_gets_the_flags_it_uses():
+    """Commands compose argument groups: export has no generation, evaluation or server flags, sft none of the engine's;
+    a sampling setting declared in RequestConfig (min_p) is a flag of every command that generates."""
+    from dataclasses import fields
+
+    from swiftcli.arguments import AppUIArguments, DeployArguments, ExportArguments, SftArguments
+
+    flags = {cls.__name__: {f.name for f in fields(cls)}
+             for cls in (InferArguments, DeployArguments, ExportArguments, AppUIArguments, SftArguments)}
+    assert not {"stream", "metric", "resume", "max_num_seqs", "temperature", "port"} & flags["ExportArguments"]
+    assert not {"infer_backend", "lora_modules", "stream", "temperature"} & flags["SftArguments"]
+    assert not {"metric", "resume", "stream", "share"} & flags["DeployArguments"]
+    assert all("min_p" in flags[name] for name in ("InferArguments", "DeployArguments", "AppUIArguments"))
+    assert parse(["--min_p", "0.25", "--temperature", "0.7"]).request_config().min_p == 0.25

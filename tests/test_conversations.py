@@ -32,13 +32,13 @@ from swiftcli.checkpoint import write_ckpt_args
 from swiftcli.engine import build_template
 from swiftcli.engine.base import EngineInfo, InferEngine
 from swiftcli.errors import ArgumentError
-from swiftcli.infer import SEPARATOR, run_repl
+from swiftcli.infer.repl import SEPARATOR, run_repl
 from swiftcli.model import load_tokenizer, resolve_model
 from swiftcli.protocol import Choice, InferRequest, InferResponse, RequestConfig, StreamDelta, Usage
 from swiftcli.registry import detect_model_meta
 from swiftcli.template import IGNORE_INDEX, Template, get_template
-from swiftcli.train.data import encode_rows, training_rows
-from swiftcli.train.sft import resolved_args, training_template
+from swiftcli.sft.data import encode_rows, training_rows
+from swiftcli.sft.sft import resolved_args, training_template
 
 SYSTEM = "Be brief."
 QUESTION = "What is the capital of France?"

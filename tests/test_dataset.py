@@ -13,7 +13,7 @@ from swiftcli.arguments import InferArguments
 from swiftcli.cli import main
 from swiftcli.dataset import get_val_dataset, load_datasets, load_rows, sample_rows, split_dataset
 from swiftcli.errors import ArgumentError
-from swiftcli.infer_dataset import RESULT_FIELDS, compute_metrics, evaluate, read_results
+from swiftcli.infer.evaluate import RESULT_FIELDS, compute_metrics, evaluate, read_results
 
 SYSTEM, HISTORY, QUERY, REPLY = "Be brief.", [["Hi", "Hello!"]], "What is the capital of France?", "Paris."
 EXPECTED = [
@@ -320,9 +320,9 @@ def test_cli_evaluates_a_checkpoints_validation_split(model_dir, tmp_path, capsy
     (["--dataset", "also-missing.csv#10"], "dataset 'also-missing.csv' does not exist"),
 ])
 def test_missing_dataset_is_one_line_and_exit_2_before_the_model_loads(flags, message, capsys, monkeypatch):
-    import swiftcli.infer_dataset
+    import swiftcli.infer.evaluate
 
-    monkeypatch.setattr(swiftcli.infer_dataset, "get_engine", lambda args: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(swiftcli.infer.evaluate, "get_engine", lambda args: pytest.fail("the model was loaded"))
     with pytest.raises(SystemExit) as exc:
         main(["infer", "--infer_backend", "pt", *flags])
     err = capsys.readouterr().err

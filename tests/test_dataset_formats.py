@@ -149,7 +149,7 @@ def test_training_rows_carry_each_rows_system(tmp_path: Path, model_dir: str):
     from swiftcli.arguments import SftArguments
     from swiftcli.model import load_tokenizer
     from swiftcli.template import get_template
-    from swiftcli.train.data import encode_rows, training_rows
+    from swiftcli.sft.data import encode_rows, training_rows
 
     items, _ = mixed_items()
     path = write_jsonl(tmp_path / "mixed.jsonl", items)

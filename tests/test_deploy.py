@@ -653,7 +653,7 @@ def test_deploy_arguments_are_validated(flags, word, tmp_path):
 
 
 def test_only_loopback_hosts_count_as_private():
-    from swiftcli.server.deploy import is_loopback
+    from swiftcli.arguments import is_loopback
 
     assert [is_loopback(h) for h in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "192.168.1.5", "example.com")] == [
         True, True, True, False, False, False]

@@ -246,3 +246,21 @@ def test_remote_engine_sends_the_new_sampling_fields(client, tokenizer):
     assert engine.infer([InferRequest(messages=HELLO)], config)[0].text == tokenizer.decode(ids[:1])
     forced = RequestConfig(max_tokens=2, temperature=0, logit_bias={ids[1]: 100}, min_tokens=2)
     assert engine.infer([InferRequest(messages=HELLO)], forced)[0].text == tokenizer.decode([ids[1]] * 2)
+
+
+def test_min_p_reaches_the_engine_from_the_server_and_the_client(client):
+    """min_p, declared once in RequestConfig: min_p 1 keeps only the likeliest token, so sampling at temperature 1
+    gives the greedy reply whatever the seed (through the SDK's body and through the seed API's XRequestConfig);
+    without it, the same seeds sample something else."""
+    from swiftcli.llm import XRequestConfig, inference_client
+
+    greedy = complete(client, max_tokens=12).choices[0].text
+    kept = {complete(client, max_tokens=12, temperature=1.0, seed=s, extra_body={"min_p": 1.0}).choices[0].text
+            for s in range(3)}
+    assert kept == {greedy}
+    sampled = {complete(client, max_tokens=12, temperature=1.0, seed=s).choices[0].text for s in range(3)}
+    assert sampled != {greedy}
+    config = XRequestConfig(max_tokens=12, temperature=1.0, seed=5, min_p=1.0)
+    reply = inference_client(BASE, PROMPT, request_config=config, is_chat_request=False, url=str(client.base_url))
+    assert reply.choices[0].text == greedy
+    refused(lambda: complete(client, extra_body={"min_p": 1.5}), "min_p")

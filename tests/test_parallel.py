@@ -28,7 +28,7 @@ def swift_infer(model_dir: str, *flags: str, stdin: str = QUESTIONS) -> subproce
 def tp_followers() -> list[psutil.Process]:
     found = []
     for proc in psutil.process_iter(["cmdline"]):
-        if "swiftcli.engine.tensor_parallel" in " ".join(proc.info["cmdline"] or []):
+        if "swiftcli.engine.tp_follower" in " ".join(proc.info["cmdline"] or []):
             found.append(proc)
     return found
 

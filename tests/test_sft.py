@@ -21,7 +21,7 @@ from swiftcli.cli import main
 from swiftcli.dataset import Row, get_val_dataset
 from swiftcli.errors import ArgumentError
 from swiftcli.template import IGNORE_INDEX, get_template
-from swiftcli.train.data import SELF_COGNITION_FILE, encode_rows, self_cognition_rows, training_rows
+from swiftcli.sft.data import SELF_COGNITION_FILE, encode_rows, self_cognition_rows, training_rows
 
 SEP = "-" * 50
 IDENTITY = ["--self_cognition_sample", "80", "--model_name", "小黄", "Xiao Huang",
@@ -413,7 +413,7 @@ def test_deepspeed_without_the_package_is_one_line(value: str, tmp_path: Path, c
 
 def test_deepspeed_builtin_configs(tmp_path: Path):
     """zero2/zero3 are ms-swift's configs with "auto" values the Trainer fills; a JSON file is read as it is."""
-    from swiftcli.train.deepspeed import deepspeed_config, zero_stage
+    from swiftcli.sft.deepspeed import deepspeed_config, zero_stage
 
     zero2, zero3 = deepspeed_config("zero2"), deepspeed_config("zero3")
     assert zero_stage(zero2) == 2 and zero_stage(zero3) == 3
@@ -471,7 +471,7 @@ def test_bad_fsdp_is_one_line_before_any_process(flags, env, expected, tmp_path:
 
 def test_fsdp_plan_words_and_config(tmp_path: Path):
     """ms-swift's / transformers' words, or a JSON file of fsdp_config keys; on CUDA they become the Trainer's FSDP2."""
-    from swiftcli.train.fsdp import parse_fsdp, training_kwargs
+    from swiftcli.sft.fsdp import parse_fsdp, training_kwargs
 
     plan = parse_fsdp("shard_grad_op auto_wrap offload", None)
     assert (plan.mode, plan.offload) == ("shard_grad_op", True)

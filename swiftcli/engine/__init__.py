@@ -5,8 +5,9 @@ import atexit
 import json
 import logging
 import os
+import sys
 
-from ..arguments import InferArguments
+from ..arguments import EngineSetup
 from ..errors import ArgumentError
 from ..model import (default_device, load_model, load_tokenizer, max_model_len, quantization_method, resolve_model,
                      resolve_torch_dtype)
@@ -17,26 +18,18 @@ from .base import EngineInfo, InferEngine
 
 logger = logging.getLogger("swiftcli")
 
-__all__ = ["EngineInfo", "InferEngine", "get_engine", "default_request_config", "build_template"]
+__all__ = ["EngineInfo", "InferEngine", "get_engine", "default_request_config", "build_template", "print_banner",
+           "seed_everything"]
 
 
-def default_request_config(args: InferArguments, model_dir: str) -> RequestConfig:
-    """The model's generation_config.json (greedy unless it samples), overlaid with the command line."""
+def default_request_config(args: EngineSetup, model_dir: str) -> RequestConfig:
+    """The model's generation_config.json (greedy unless it samples), overlaid with the command line's flags."""
     path = os.path.join(model_dir, "generation_config.json")
     gen = json.load(open(path, encoding="utf-8")) if os.path.isfile(path) else {}
-    sampling = gen.get("do_sample", False)
-    config = RequestConfig(
-        max_tokens=args.max_new_tokens,
-        temperature=gen.get("temperature", 1.0) if sampling else 0.0,
-        top_k=gen.get("top_k") if sampling else None,
-        top_p=gen.get("top_p") if sampling else None,
-        repetition_penalty=gen.get("repetition_penalty"),
-        stop=list(args.stop_words))
-    return config.replace(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                          repetition_penalty=args.repetition_penalty)
+    return RequestConfig.from_generation_config(gen, **vars(args.request_config()))
 
 
-def build_template(args: InferArguments, meta: ModelMeta, tokenizer) -> Template:
+def build_template(args: EngineSetup, meta: ModelMeta, tokenizer) -> Template:
     template_type = meta.template if args.template_type == "AUTO" else args.template_type
     return get_template(template_type, tokenizer, default_system=args.system,
                         max_length=args.max_length if args.max_length > 0 else None,
@@ -67,7 +60,7 @@ def vllm_unsupported(meta: ModelMeta, model_dir: str) -> str | None:
     return None
 
 
-def choose_backend(args: InferArguments, meta: ModelMeta, model_dir: str) -> str:
+def choose_backend(args: EngineSetup, meta: ModelMeta, model_dir: str) -> str:
     """--infer_backend as given; AUTO is vllm when it imports and supports the architecture, else pt (logged)."""
     if args.infer_backend == "pt":
         return "pt"
@@ -84,7 +77,7 @@ def choose_backend(args: InferArguments, meta: ModelMeta, model_dir: str) -> str
     return "pt"
 
 
-def get_engine(args: InferArguments) -> InferEngine:
+def get_engine(args: EngineSetup) -> InferEngine:
     meta, model_dir = resolve_model(args.model_type, args.model_id_or_path, args.model_revision, args.use_hf)
     backend = choose_backend(args, meta, model_dir)
     tokenizer = load_tokenizer(model_dir, meta.trust_remote_code)
@@ -117,3 +110,23 @@ def get_engine(args: InferArguments) -> InferEngine:
     if tp is not None and tp.rank == 0:
         atexit.register(engine.close)
     return engine
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def print_banner(engine: InferEngine) -> None:
+    info = engine.info
+    adapters = f", adapters: {', '.join(info.adapters)}" if info.adapters else ""
+    details = "".join(f" | {key}: {value}" for key, value in info.details.items())
+    print(f"[swift] model: {info.model_type} ({info.model_dir}) | template: {engine.template.template_type} | "
+          f"backend: {info.backend} | dtype: {info.dtype} | context: {info.max_model_len}{adapters}{details}",
+          file=sys.stderr, flush=True)

@@ -42,8 +42,7 @@ class InferEngine(ABC):
     """Sampling defaults from the model's generation_config overlaid with the command line."""
 
     @abstractmethod
-    def infer(self, requests: list[InferRequest], config: RequestConfig | None = None,
-              use_tqdm: bool = False) -> list[InferResponse]:
+    def infer(self, requests: list[InferRequest], config: RequestConfig | None = None) -> list[InferResponse]:
         """All requests to completion, batched."""
 
     @abstractmethod

@@ -18,6 +18,7 @@ from openai import AsyncOpenAI, OpenAI
 
 from ..errors import ArgumentError, SwiftError
 from ..protocol import Choice, InferRequest, InferResponse, RequestConfig, StreamDelta, Usage
+from ..request_config import openai_body
 from ..template import Template
 from .base import EngineInfo, InferEngine
 
@@ -43,8 +44,7 @@ class RemoteEngine(InferEngine):
         self.default_config = default_config or RequestConfig()
 
     # ---- the engine interface ------------------------------------------------------------------------------
-    def infer(self, requests: list[InferRequest], config: RequestConfig | None = None,
-              use_tqdm: bool = False) -> list[InferResponse]:
+    def infer(self, requests: list[InferRequest], config: RequestConfig | None = None) -> list[InferResponse]:
         """One call per request, in order (the server batches concurrent clients, not this loop)."""
         responses = []
         for request in requests:
@@ -80,22 +80,12 @@ class RemoteEngine(InferEngine):
         if config.logprobs or config.prompt_logprobs is not None:
             raise ArgumentError("logprobs are not fetched from a remote server")
         kind = "completions" if request.prompt is not None else "chat"
-        kwargs: dict[str, Any] = {"model": request.adapter or self.model, "stream": stream, "n": config.n}
+        kwargs: dict[str, Any] = {"model": request.adapter or self.model, "stream": stream,
+                                  "extra_body": openai_body(config, is_chat=kind == "chat")}
         if kind == "chat":
             kwargs["messages"] = request.messages
         else:
             kwargs["prompt"] = request.prompt
-        sampling = {"max_tokens": config.max_tokens, "temperature": config.temperature, "top_p": config.top_p,
-                    "seed": config.seed, "stop": config.stop or None,
-                    "presence_penalty": config.presence_penalty or None,
-                    "frequency_penalty": config.frequency_penalty or None,
-                    "logit_bias": {str(k): v for k, v in config.logit_bias.items()} or None}
-        kwargs.update({k: v for k, v in sampling.items() if v is not None})
-        # vLLM's and swift deploy's extensions to the OpenAI API
-        extra = {"top_k": config.top_k, "repetition_penalty": config.repetition_penalty,
-                 "ignore_eos": config.ignore_eos or None, "stop_token_ids": config.stop_token_ids or None,
-                 "min_tokens": config.min_tokens or None}
-        kwargs["extra_body"] = {k: v for k, v in extra.items() if v is not None}
         if stream:
             kwargs["stream_options"] = {"include_usage": True}
         return kind, kwargs

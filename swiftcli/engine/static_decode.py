@@ -8,25 +8,27 @@ CUDA graph and then replayed. A step reads only the first `length bucket` positi
 of two >= 256 that holds the rows' positions); padding rows of a bucket use slots nobody runs in. Prefill stays eager
 (the engine's own), and its cache is copied into the slots.
 
-The step is our own forward of the llama-family decoder layer (llama, qwen2, qwen3, mistral) over the model's own
-weights: q/k/v and gate/up are concatenated once, at load, into one matrix each (the model's parameters become views
-of them, so memory does not grow and the eager prefill reads the same values). With torch.compile one decoder layer
-is compiled and called for every layer (regional compilation: seconds instead of a minute), and a batch of one runs
-in a bucket of its own, where inductor turns every matrix-vector product into a bandwidth-tuned Triton reduction
-with the norm, bias, activation and residual fused in (gpt-fast's recipe).
+The step is our own forward of the llama-family decoder layer (the registry's STATIC_DECODE_MODEL_TYPES) over the
+model's own weights: q/k/v and gate/up are concatenated once, at load, into one matrix each (the model's parameters
+become views of them, so memory does not grow and the eager prefill reads the same values). With torch.compile one
+decoder layer is compiled and called for every layer (regional compilation: seconds instead of a minute), and a
+batch of one runs in a bucket of its own, where inductor turns every matrix-vector product into a bandwidth-tuned
+Triton reduction with the norm, bias, activation and residual fused in (gpt-fast's recipe).
 """
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
+from ..registry import STATIC_DECODE_MODEL_TYPES
+from .fused_layer import LayerShape, decoder_layer, down_projection, layer_weights, linear
+
 logger = logging.getLogger("swiftcli")
 
-SUPPORTED_MODEL_TYPES = ("llama", "qwen2", "qwen3", "mistral")
-"""Decoder-only models whose layers are all the llama layer (optional biases, qwen3's q/k norms), full attention."""
 MIN_LENGTH = 256
 COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
 """Inductor options of the compiled step. With coordinate descent tuning, a product of one row with a matrix is
@@ -36,8 +38,9 @@ decomposed into a tuned reduction (inductor's mm decomposition) instead of a cuB
 def unsupported_reason(model: Any) -> str | None:
     """Why the static decode path can't run this model (None when it can)."""
     config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES:
-        return f"model type {getattr(config, 'model_type', None)} is not one of {', '.join(SUPPORTED_MODEL_TYPES)}"
+    model_type = getattr(config, "model_type", None)
+    if model_type not in STATIC_DECODE_MODEL_TYPES:
+        return f"model type {model_type} is not one of {', '.join(STATIC_DECODE_MODEL_TYPES)}"
     if getattr(config, "sliding_window", None) is not None or any(
             t != "full_attention" for t in getattr(config, "layer_types", None) or []):
         return "sliding-window attention"
@@ -52,80 +55,6 @@ def _bucket(n: int, minimum: int) -> int:
     return size
 
 
-class _Layer(NamedTuple):
-    """One decoder layer's weights (views of the model's parameters); None where the architecture has none."""
-
-    input_norm: torch.Tensor
-    qkv: torch.Tensor
-    qkv_bias: torch.Tensor | None
-    q_norm: torch.Tensor | None
-    k_norm: torch.Tensor | None
-    o: torch.Tensor
-    o_bias: torch.Tensor | None
-    post_norm: torch.Tensor
-    gate_up: torch.Tensor
-    gate_up_bias: torch.Tensor | None
-    down: torch.Tensor
-    down_bias: torch.Tensor | None
-
-
-@torch.no_grad()
-def _fuse(linears: list[Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """One weight [sum of outputs, inputs] (and bias) for linears reading the same input. Their parameters become
-    views of it, so the model's own forward and the step share one copy."""
-    fused = torch.cat([m.weight.detach() for m in linears])
-    start = 0
-    for m in linears:
-        rows = m.weight.shape[0]
-        m.weight.data = fused[start:start + rows]
-        start += rows
-    if all(m.bias is None for m in linears):
-        return fused, None
-    return fused, torch.cat([m.bias.detach() if m.bias is not None else fused.new_zeros(m.weight.shape[0])
-                             for m in linears])
-
-
-def _layer_weights(layer: Any) -> _Layer:
-    """The layer's weights for the step; fuses q/k/v and gate/up the first time (kept on the layer for reuse)."""
-    cached = getattr(layer, "_swift_static_weights", None)
-    if cached is not None:
-        return cached
-    attn, mlp = layer.self_attn, layer.mlp
-
-    def get(module: Any, name: str = "weight") -> torch.Tensor | None:
-        tensor = getattr(module, name, None) if module is not None else None
-        return None if tensor is None else tensor.detach()
-
-    qkv, qkv_bias = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
-    gate_up, gate_up_bias = _fuse([mlp.gate_proj, mlp.up_proj])
-    weights = _Layer(get(layer.input_layernorm), qkv, qkv_bias, get(getattr(attn, "q_norm", None)),
-                     get(getattr(attn, "k_norm", None)), get(attn.o_proj), get(attn.o_proj, "bias"),
-                     get(layer.post_attention_layernorm), gate_up, gate_up_bias, get(mlp.down_proj),
-                     get(mlp.down_proj, "bias"))
-    object.__setattr__(layer, "_swift_static_weights", weights)  # not a submodule or parameter
-    return weights
-
-
-def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """transformers' LlamaRMSNorm, op for op (float32 statistics, weight applied in the input's dtype)."""
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
-
-
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """transformers' apply_rotary_pos_emb for one tensor."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
-def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x @ weight.T (+ bias) as a matmul and an add: inductor decomposes a one-row matmul (not an addmm) into a
-    reduction, with the add fused in."""
-    y = x @ weight.T
-    return y if bias is None else y + bias
-
-
 class StaticDecoder:
     """Slots of KV cache for the running rows (row i of the engine's batch is slot i) and the decode step over them."""
 
@@ -138,12 +67,12 @@ class StaticDecoder:
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         decoder = model.model
-        self.layers = [_layer_weights(layer) for layer in decoder.layers]
+        self.layers = [layer_weights(layer) for layer in decoder.layers]
         first = decoder.layers[0]
-        self.eps = first.input_layernorm.variance_epsilon
-        self.qk_eps = getattr(getattr(first.self_attn, "q_norm", None), "variance_epsilon", self.eps)
-        self.scaling = getattr(first.self_attn, "scaling", self.head_dim ** -0.5)
-        self.act = first.mlp.act_fn
+        eps = first.input_layernorm.variance_epsilon
+        self.shape = LayerShape(self.heads, self.kv_heads, self.head_dim, eps,
+                                getattr(getattr(first.self_attn, "q_norm", None), "variance_epsilon", eps),
+                                getattr(first.self_attn, "scaling", self.head_dim ** -0.5), first.mlp.act_fn)
         self.embed, self.rotary, self.norm = decoder.embed_tokens, decoder.rotary_emb, decoder.norm
         self.lm_head = model.get_output_embeddings()
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
@@ -162,12 +91,12 @@ class StaticDecoder:
         self.taken = 0
         """Speculative windows used (the rest were dropped)."""
         self._head: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._logits
-        self._layer: Callable[..., tuple[torch.Tensor, torch.Tensor]] = self._decoder_layer
-        self._down_proj: Callable[..., torch.Tensor] = self._down
+        self._layer: Callable[..., tuple[torch.Tensor, torch.Tensor]] = functools.partial(decoder_layer, self.shape)
+        self._down_proj: Callable[..., torch.Tensor] = down_projection
         if compile:
             self._head = torch.compile(self._logits, options=COMPILE_OPTIONS)
-            self._layer = torch.compile(self._decoder_layer, options=COMPILE_OPTIONS)
-            self._down_proj = torch.compile(self._down, options=COMPILE_OPTIONS)
+            self._layer = torch.compile(self._layer, options=COMPILE_OPTIONS)
+            self._down_proj = torch.compile(down_projection, options=COMPILE_OPTIONS)
 
     # ---- capacity and slots ----------------------------------------------------------------------------------
     def reserve(self, rows: int, length: int) -> None:
@@ -216,48 +145,9 @@ class StaticDecoder:
                 layer[:len(index), :, :used] = layer[source, :, :used]
 
     # ---- the step --------------------------------------------------------------------------------------------
-    def _decoder_layer(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: torch.Tensor,
-                       positions: torch.Tensor, mask: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                       w: _Layer) -> tuple[torch.Tensor, torch.Tensor]:
-        """One decoder layer for one token per row, up to the MLP's down projection (`_down`): (x, act(gate) * up).
-        x [B, hidden]; cos/sin [B, 1, D]; rows/positions [B];
-        mask [B, 1, 1, L] (True: attend); keys/values: the whole cache [slots, KV, capacity, D], written at
-        (row, position), read up to L."""
-        batch, length = x.shape[0], mask.shape[-1]
-        heads, kv_heads, dim = self.heads, self.kv_heads, self.head_dim
-        qkv = _linear(_rms_norm(x, w.input_norm, self.eps), w.qkv, w.qkv_bias)
-        q, k, v = qkv.split([heads * dim, kv_heads * dim, kv_heads * dim], dim=-1)
-        q, k, v = q.view(batch, heads, dim), k.view(batch, kv_heads, dim), v.view(batch, kv_heads, dim)
-        if w.q_norm is not None:
-            q, k = _rms_norm(q, w.q_norm, self.qk_eps), _rms_norm(k, w.k_norm, self.qk_eps)
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)
-        keys[rows, :, positions] = k
-        values[rows, :, positions] = v
-        # grouped query heads read their KV head in place (no repeat_kv copy): [B, KV, groups, D] x [B, KV, D, L]
-        q = q.view(batch, kv_heads, heads // kv_heads, dim)
-        scores = torch.matmul(q, keys[:batch, :, :length].transpose(-1, -2)).float() * self.scaling
-        probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(v.dtype)
-        attn = torch.matmul(probs, values[:batch, :, :length]).reshape(batch, heads * dim)
-        x = x + _linear(attn, w.o, w.o_bias)
-        h = _rms_norm(x, w.post_norm, self.eps)
-        if batch == 1:  # two one-row products: inductor makes one reduction of both with act(gate) * up fused in
-            half, bias = w.gate_up.shape[0] // 2, w.gate_up_bias
-            gate = _linear(h, w.gate_up[:half], None if bias is None else bias[:half])
-            up = _linear(h, w.gate_up[half:], None if bias is None else bias[half:])
-        else:  # one matmul of the fused weight
-            gate, up = _linear(h, w.gate_up, w.gate_up_bias).chunk(2, dim=-1)
-        return x, self.act(gate) * up
-
-    def _down(self, x: torch.Tensor, inner: torch.Tensor, weight: torch.Tensor,
-              bias: torch.Tensor | None) -> torch.Tensor:
-        """The MLP's down projection and residual, compiled as a region of its own: inside the layer's region inductor
-        recomputed act(gate) * up in the down product's reduction for every block of outputs (7B shape on an H200:
-        2.45 TB/s); as an input of its own region the activation is read ready-made (3.43 TB/s)."""
-        return x + _linear(inner, weight, bias)
-
     def _logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits [B, V] in the model's dtype, their argmax [B])."""
-        logits = _linear(self.norm(x), self.lm_head.weight, self.lm_head.bias)
+        logits = linear(self.norm(x), self.lm_head.weight, self.lm_head.bias)
         return logits, logits.argmax(dim=-1)
 
     def _body(self, batch: int, length: int) -> torch.Tensor:
@@ -332,7 +222,8 @@ class StaticDecoder:
                 if not self.compiled:
                     raise
                 logger.warning("torch.compile of the decode step failed; capturing it uncompiled", exc_info=True)
-                self._head, self._layer, self._down_proj = self._logits, self._decoder_layer, self._down
+                self._head, self._down_proj = self._logits, down_projection
+                self._layer = functools.partial(decoder_layer, self.shape)
                 self.compiled = False
                 warm_up()
             warm_up()

@@ -20,8 +20,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,7 +97,7 @@ def start(args: Any, device: str) -> TpGroup:
     followers = []
     for rank in range(1, size):
         env = {**os.environ, **_rank_env(rank, size, port), WORKER_ENV: f.name, "SWIFT_TP_PARENT": str(os.getpid())}
-        followers.append(subprocess.Popen([sys.executable, "-m", "swiftcli.engine.tensor_parallel"], env=env,
+        followers.append(subprocess.Popen([sys.executable, "-m", "swiftcli.engine.tp_follower"], env=env,
                                           stdin=subprocess.DEVNULL, start_new_session=True))
     os.environ.update(_rank_env(0, size, port))
     logger.info("Tensor parallel: %d processes (rank 0 here, followers %s)", size, [p.pid for p in followers])
@@ -130,13 +128,10 @@ def load_kwargs(size: int) -> dict[str, Any]:
 
 
 def follower_arguments(args: Any) -> dict[str, Any]:
-    """The engine's arguments for the followers: InferArguments' fields, without what only rank 0 does."""
-    from ..arguments import InferArguments
+    """The engine's arguments for the followers: the EngineSetup fields of the command's arguments."""
+    from ..arguments import EngineSetup
 
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(InferArguments)}
-    values.update(dataset=[], val_dataset=[], load_dataset_config=False, result_path=None, resume=False,
-                  save_result=False)
-    return values
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(EngineSetup)}
 
 
 def _rank_env(rank: int, size: int, port: int) -> dict[str, str]:
@@ -148,35 +143,3 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _exit_with_parent(parent: int) -> None:
-    """A follower whose rank 0 died (killed, crashed) would wait for its next message forever."""
-    while True:
-        time.sleep(1)
-        try:
-            os.kill(parent, 0)
-        except ProcessLookupError:
-            os._exit(1)
-
-
-def main() -> None:
-    """A follower: build the same engine (get_engine sees WORKER_ENV) and replay rank 0's steps until told to stop."""
-    from ..arguments import InferArguments
-    from ..log import setup_logging
-    from . import get_engine
-
-    setup_logging()
-    logger.setLevel(logging.WARNING)  # rank 0 tells the story
-    threading.Thread(target=_exit_with_parent, args=(int(os.environ["SWIFT_TP_PARENT"]),), daemon=True).start()
-    with open(os.environ[WORKER_ENV], encoding="utf-8") as f:
-        args = InferArguments(**json.load(f))
-    engine = get_engine(args)
-    engine.follow()
-    import torch.distributed as dist
-
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

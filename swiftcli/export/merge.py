@@ -4,15 +4,12 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 from ..arguments import ExportArguments
 from ..errors import ArgumentError
-from ..model import load_model, load_tokenizer, resolve_model
 from ..registry import ModelMeta
-from .output import export_dtype, progress_steps, staged_dir, torch_dtype, write_export_args
+from .output import Step, load_source, progress_steps, resolve_source, staged_dir, write_export_args
 
 logger = logging.getLogger("swiftcli")
 
@@ -30,7 +27,7 @@ def merge_lora(args: ExportArguments) -> str:
     return args.output_dir
 
 
-def merged_model(args: ExportArguments, step: Callable[[str], AbstractContextManager[None]]) -> tuple[Any, Any, ModelMeta, str]:
+def merged_model(args: ExportArguments, step: Step) -> tuple[Any, Any, ModelMeta, str]:
     """(model with the LoRA merged into its weights, tokenizer, base model entry, dtype name).
 
     peft's merge_and_unload adds B @ A * scale into each base weight in place and drops the LoRA modules, so only
@@ -38,11 +35,9 @@ def merged_model(args: ExportArguments, step: Callable[[str], AbstractContextMan
     """
     from peft import PeftModel
 
-    meta, model_dir = resolve_model(args.model_type, args.model_id_or_path, args.model_revision, args.use_hf)
-    dtype = export_dtype(args.dtype, model_dir)
-    with step(f"Loading {meta.model_type} ({dtype}) from {model_dir}"):
-        model = load_model(model_dir, torch_dtype(dtype), "cpu", meta.trust_remote_code)
-        tokenizer = load_tokenizer(_tokenizer_dir(args.ckpt_dir, model_dir), meta.trust_remote_code)
+    source = resolve_source(args)
+    meta, model_dir, dtype = source
+    model, tokenizer = load_source(source, step, _ckpt_tokenizer_dir(args.ckpt_dir))
     with step(f"Loading the LoRA from {args.ckpt_dir}"):
         check_adapter_fits(model, args.ckpt_dir, model_dir)
         try:
@@ -55,9 +50,10 @@ def merged_model(args: ExportArguments, step: Callable[[str], AbstractContextMan
     return model, tokenizer, meta, dtype
 
 
-def _tokenizer_dir(ckpt_dir: str, model_dir: str) -> str:
-    """The checkpoint's tokenizer when training saved one (it may carry a changed chat template), else the base's."""
-    return ckpt_dir if os.path.isfile(os.path.join(ckpt_dir, "tokenizer_config.json")) else model_dir
+def _ckpt_tokenizer_dir(ckpt_dir: str) -> str | None:
+    """The checkpoint when training saved its tokenizer (it may carry a changed chat template), else None: the
+    base model's."""
+    return ckpt_dir if os.path.isfile(os.path.join(ckpt_dir, "tokenizer_config.json")) else None
 
 
 def check_adapter_fits(model: Any, adapter_dir: str, model_dir: str) -> None:

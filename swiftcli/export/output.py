@@ -1,4 +1,5 @@
-"""What every export writes the same way: a directory that appears whole, progress, dtype and args.json."""
+"""What every export does the same way: the source model it starts from (with its dtype), a directory that appears
+whole, progress, and args.json."""
 from __future__ import annotations
 
 import contextlib
@@ -8,13 +9,41 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import Any, NamedTuple
 
+from ..arguments import ExportArguments
 from ..checkpoint import read_ckpt_args, write_ckpt_args
 from ..errors import ArgumentError
+from ..model import dtype_name, load_model, load_tokenizer, resolve_model, to_torch_dtype
 from ..registry import MODEL_MAPPING, ModelMeta
 
-DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+Step = Callable[[str], AbstractContextManager[None]]
+"""`with step("Merging"):` shows one progress line (`progress_steps`)."""
+
+
+class Source(NamedTuple):
+    """The model an export starts from: --model_type / --model_id_or_path (a LoRA's base), in --dtype."""
+
+    meta: ModelMeta
+    model_dir: str
+    dtype: str
+    """bf16/fp16/fp32: --dtype, else the checkpoint's own (`export_dtype`)."""
+
+
+def resolve_source(args: ExportArguments) -> Source:
+    """Find (or download) the source model and settle its dtype, without loading it."""
+    meta, model_dir = resolve_model(args.model_type, args.model_id_or_path, args.model_revision, args.use_hf)
+    return Source(meta, model_dir, export_dtype(args.dtype, model_dir))
+
+
+def load_source(source: Source, step: Step, tokenizer_dir: str | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) of the source, the model on CPU: exports rewrite weights, they don't run them on a GPU.
+    `tokenizer_dir`: a LoRA checkpoint's own tokenizer (it may carry a changed chat template)."""
+    meta, model_dir, dtype = source
+    with step(f"Loading {meta.model_type} ({dtype}) from {model_dir}"):
+        model = load_model(model_dir, to_torch_dtype(dtype), "cpu", meta.trust_remote_code)
+        tokenizer = load_tokenizer(tokenizer_dir or model_dir, meta.trust_remote_code)
+    return model, tokenizer
 
 
 @contextlib.contextmanager
@@ -46,7 +75,7 @@ def staged_dir(target: str, overwrite: bool) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def progress_steps() -> Iterator[Callable[[str], AbstractContextManager[None]]]:
+def progress_steps() -> Iterator[Step]:
     """`with step("Merging"):` blocks shown as rich progress lines (spinner, then elapsed time) on stderr."""
     from rich.console import Console
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
@@ -67,18 +96,12 @@ def checkpoint_dtype(model_dir: str) -> str:
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     declared = config.get("dtype") or config.get("torch_dtype") or "float32"
-    return {v: k for k, v in DTYPE_NAMES.items()}.get(str(declared).removeprefix("torch."), "fp32")
+    return dtype_name(declared) or "fp32"
 
 
 def export_dtype(dtype: str, model_dir: str) -> str:
     """--dtype when given, else the checkpoint's own: an export keeps the weights' precision unless told."""
     return checkpoint_dtype(model_dir) if dtype == "AUTO" else dtype
-
-
-def torch_dtype(name: str) -> Any:
-    import torch
-
-    return getattr(torch, DTYPE_NAMES[name])
 
 
 def write_export_args(out_dir: str, source_ckpt: str | None, meta: ModelMeta, template_type: str,

@@ -13,21 +13,18 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from importlib import resources
 from typing import Any
 
 from ..arguments import ExportArguments
 from ..errors import ArgumentError
-from ..model import default_device, load_model, load_tokenizer, resolve_model
+from ..model import default_device, load_model, load_tokenizer, to_torch_dtype
 from ..registry import ModelMeta
 from .merge import merged_model, save_full_model
-from .output import export_dtype, progress_steps, staged_dir, torch_dtype, write_export_args
+from .output import Step, load_source, progress_steps, resolve_source, staged_dir, write_export_args
 
 logger = logging.getLogger("swiftcli")
 
-Step = Callable[[str], AbstractContextManager[None]]
 AUTO_ROUND_FORMATS = {"gptq": "auto_gptq", "awq": "auto_awq"}
 
 
@@ -51,12 +48,9 @@ def _source_model(args: ExportArguments, step: Step) -> tuple[Any, Any, ModelMet
     """(model, tokenizer, meta, dtype name): the merged LoRA, or the model/checkpoint as it is."""
     if args.merge_lora:
         return merged_model(args, step)
-    meta, model_dir = resolve_model(args.model_type, args.model_id_or_path, args.model_revision, args.use_hf)
-    dtype = export_dtype(args.dtype, model_dir)
-    with step(f"Loading {meta.model_type} ({dtype}) from {model_dir}"):
-        model = load_model(model_dir, torch_dtype(dtype), "cpu", meta.trust_remote_code)
-        tokenizer = load_tokenizer(model_dir, meta.trust_remote_code)
-    return model, tokenizer, meta, dtype
+    source = resolve_source(args)
+    model, tokenizer = load_source(source, step)
+    return model, tokenizer, source.meta, source.dtype
 
 
 # ---- bitsandbytes ----------------------------------------------------------------------------------------------
@@ -67,7 +61,7 @@ def bnb_config(bits: int, dtype: str) -> Any:
     if bits == 8:
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch_dtype(dtype))
+                              bnb_4bit_compute_dtype=to_torch_dtype(dtype))
 
 
 def quantize_bnb(args: ExportArguments, step: Step, out_dir: str) -> None:
@@ -78,11 +72,10 @@ def quantize_bnb(args: ExportArguments, step: Step, out_dir: str) -> None:
             save_full_model(model, tokenizer, model_dir, args, meta, dtype)
         del model
     else:
-        meta, model_dir = resolve_model(args.model_type, args.model_id_or_path, args.model_revision, args.use_hf)
-        dtype = export_dtype(args.dtype, model_dir)
+        meta, model_dir, dtype = resolve_source(args)  # loaded below, quantized on the way
         tokenizer = load_tokenizer(model_dir, meta.trust_remote_code)
     with step(f"Quantizing to {args.quant_bits} bits with bitsandbytes ({dtype} compute)"):
-        model = load_model(model_dir, torch_dtype(dtype), default_device(), meta.trust_remote_code,
+        model = load_model(model_dir, to_torch_dtype(dtype), default_device(), meta.trust_remote_code,
                            quantization_config=bnb_config(args.quant_bits, dtype))
     with step(f"Saving to {args.output_dir}"):
         model.save_pretrained(out_dir, max_shard_size=args.max_shard_size)

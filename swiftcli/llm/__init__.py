@@ -3,7 +3,7 @@ from ..protocol import InferRequest, InferResponse, RequestConfig
 from ..registry import MODEL_MAPPING, ModelType, get_default_template_type, register_model
 from ..template import TEMPLATE_MAPPING, Template, TemplateType, get_template, register_template
 from ..model import get_model_tokenizer
-from ..infer import seed_everything
+from ..engine import seed_everything
 from .pt_api import inference, inference_stream
 from .client import XRequestConfig, get_model_list_client, get_model_list_client_async, inference_client
 from .client import inference_client_async

@@ -7,7 +7,8 @@ the SDK's `openai.APIStatusError` subclass, whose message carries the server's.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+import typing
+from dataclasses import MISSING, field, fields, make_dataclass
 from typing import Any
 
 from openai import AsyncOpenAI, AsyncStream, OpenAI, Stream
@@ -16,36 +17,23 @@ from openai.types import Completion, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from ..protocol import History, to_messages
+from ..request_config import RequestConfig, openai_body
 
 
-@dataclass
-class XRequestConfig:
-    """Sampling settings of one request. Only fields changed from these defaults are sent, so the server's
-    defaults (the model's generation_config) decide the rest."""
+def _body(self: Any, is_chat: bool) -> dict[str, Any]:
+    """The JSON fields to send: the settings changed from their defaults (`stream` goes to the SDK itself)."""
+    return openai_body(self, is_chat)
 
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    n: int = 1
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-    logprobs: bool = False
-    top_logprobs: int | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
 
-    def body(self, is_chat: bool) -> dict[str, Any]:
-        """The JSON fields to send (`stream` goes to the SDK itself)."""
-        sent = {f.name: getattr(self, f.name) for f in fields(self)
-                if f.name != "stream" and getattr(self, f.name) != f.default}
-        if not is_chat:  # legacy completions: `logprobs` is how many top logprobs per token
-            top = sent.pop("top_logprobs", None)
-            if sent.pop("logprobs", False):
-                sent["logprobs"] = top or 0
-        return sent
+XRequestConfig = make_dataclass(
+    "XRequestConfig",
+    [(f.name, typing.get_type_hints(RequestConfig)[f.name],
+      field(default=f.default) if f.default_factory is MISSING else field(default_factory=f.default_factory))
+     for f in fields(RequestConfig)] + [("stream", bool, field(default=False))],
+    namespace={"body": _body, "__module__": __name__})
+XRequestConfig.__doc__ = """Settings of one request: RequestConfig's fields (max_tokens, temperature, top_p, top_k,
+repetition_penalty, n, seed, stop, logprobs, ...) and `stream`. Only fields changed from these defaults are sent,
+so the server's defaults (the model's generation_config) decide the rest."""
 
 
 def _base_url(host: str, port: int | str, url: str | None) -> str:

@@ -12,15 +12,9 @@ from ..template import Template
 
 def config_from_generation_config(generation_config: Any, stop_words: list[str] | None = None) -> RequestConfig:
     """A transformers GenerationConfig (what the seed's users set) as our RequestConfig."""
-    gc = generation_config
-    sampling = bool(getattr(gc, "do_sample", False))
-    return RequestConfig(
-        max_tokens=getattr(gc, "max_new_tokens", None) or 2048,
-        temperature=(getattr(gc, "temperature", None) or 1.0) if sampling else 0.0,
-        top_k=getattr(gc, "top_k", None) if sampling else None,
-        top_p=getattr(gc, "top_p", None) if sampling else None,
-        repetition_penalty=getattr(gc, "repetition_penalty", None),
-        stop=list(stop_words or []))
+    gen = generation_config.to_dict() if hasattr(generation_config, "to_dict") else dict(vars(generation_config))
+    return RequestConfig.from_generation_config(gen, max_tokens=gen.get("max_new_tokens") or 2048,
+                                                stop=list(stop_words or []))
 
 
 def _engine(model: Any, template: Template) -> PtEngine:

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..model import DTYPES
 from ..protocol import History, InferRequest, RequestConfig
 from ..template import Template
 
@@ -38,9 +39,9 @@ class VllmGenerationConfig:
                    repetition_penalty=config.repetition_penalty or 1.0, do_sample=config.temperature != 0)
 
     def to_request_config(self) -> RequestConfig:
-        return RequestConfig(max_tokens=self.max_new_tokens, temperature=self.temperature if self.do_sample else 0.0,
-                             top_k=self.top_k, top_p=self.top_p, repetition_penalty=self.repetition_penalty,
-                             seed=self.seed, n=self.n, stop=list(self.stop or []))
+        """As transformers reads a GenerationConfig: the sampling fields count only with do_sample."""
+        return RequestConfig.from_generation_config(asdict(self), max_tokens=self.max_new_tokens, seed=self.seed,
+                                                    n=self.n, stop=list(self.stop or []))
 
 
 @dataclass
@@ -67,7 +68,8 @@ class VllmApiEngine:
         return self.engine.info.max_model_len
 
 
-_DTYPES = {"torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.float32": "fp32"}
+_DTYPES = {f"torch.{torch_name}": name for name, torch_name in DTYPES.items()}
+"""str(torch dtype) -> the --dtype name, from the one table in model.py."""
 
 
 def get_vllm_engine(model_type: str | None = None, torch_dtype: Any = None, *, model_id_or_path: str | None = None,
@@ -81,14 +83,14 @@ def get_vllm_engine(model_type: str | None = None, torch_dtype: Any = None, *, m
     `use_async` is accepted for the seed's signature: the engine always runs vLLM's async engine, which serves
     both the blocking calls here and the deploy server. Other keyword arguments go to vLLM's engine arguments.
     """
-    from ..arguments import InferArguments
+    from ..arguments import EngineSetup
     from ..engine import get_engine
     from ..log import quiet_vllm_import
 
     quiet_vllm_import()
     dtype = _DTYPES.get(str(torch_dtype), torch_dtype) if torch_dtype is not None else "AUTO"
     extra = {**(engine_kwargs or {}), **kwargs}
-    args = InferArguments(
+    args = EngineSetup(
         model_type=model_type, model_id_or_path=model_id_or_path, model_revision=revision, dtype=dtype,
         infer_backend="vllm", gpu_memory_utilization=gpu_memory_utilization,
         tensor_parallel_size=tensor_parallel_size, max_num_seqs=max_num_seqs, max_model_len=max_model_len,
@@ -101,10 +103,21 @@ def get_vllm_engine(model_type: str | None = None, torch_dtype: Any = None, *, m
 def inference_vllm(llm_engine: VllmApiEngine, template: Template, request_list: list[dict[str, Any]], *,
                    generation_config: VllmGenerationConfig | None = None, lora_request: Any = None,
                    use_tqdm: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
-    """[{'query', 'history'?, 'system'?}] -> [{'response', 'history'}], the history including this turn."""
+    """[{'query', 'history'?, 'system'?}] -> [{'response', 'history'}], the history including this turn.
+    `use_tqdm`: a progress bar of finished requests (the requests are streamed to count them)."""
     engine, requests, config = _prepare(llm_engine, template, request_list, generation_config, lora_request)
-    responses = engine.infer(requests, config, use_tqdm=use_tqdm)
-    return [_result(request, response.text) for request, response in zip(request_list, responses)]
+    if not use_tqdm:
+        return [_result(request, response.text) for request, response in zip(request_list, engine.infer(requests,
+                                                                                                      config))]
+    from tqdm import tqdm
+
+    texts = [""] * len(requests)
+    with tqdm(total=len(requests)) as bar:
+        for i, delta in engine.infer_stream_batch(requests, config):
+            if delta.index == 0:
+                texts[i] += delta.text
+                bar.update(delta.finish_reason is not None)
+    return [_result(request, text) for request, text in zip(request_list, texts)]
 
 
 def inference_stream_vllm(llm_engine: VllmApiEngine, template: Template, request_list: list[dict[str, Any]], *,

@@ -14,11 +14,11 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
-from .arguments import AppUIArguments
-from .engine.base import InferEngine
-from .errors import SwiftError
-from .protocol import InferRequest, Messages, RequestConfig, content_text
-from .server.deploy import is_loopback
+from ..arguments import AppUIArguments, is_loopback
+from ..engine.base import InferEngine
+from ..errors import SwiftError
+from ..protocol import InferRequest, Messages, RequestConfig, content_text
+from ..request_config import ui_fields
 
 try:
     import gradio as gr
@@ -53,7 +53,7 @@ def make_app(args: AppUIArguments) -> gr.Blocks:
         logger.error("Loading the model failed: %s", e, exc_info=not isinstance(e, SwiftError))
         demo = error_page(args, e)
     else:
-        from .infer import print_banner
+        from ..engine import print_banner
 
         print_banner(engine)
         demo = build_ui(engine)
@@ -62,15 +62,11 @@ def make_app(args: AppUIArguments) -> gr.Blocks:
 
 def load_engine(args: AppUIArguments) -> InferEngine:
     if args.api_url:
-        from .engine.remote_engine import RemoteEngine
+        from ..engine.remote_engine import RemoteEngine
 
         # The server's model defaults are unknown here: the command line's settings are the page's defaults.
-        defaults = RequestConfig(max_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                                 top_p=args.top_p, repetition_penalty=args.repetition_penalty,
-                                 stop=list(args.stop_words))
-        return RemoteEngine(args.api_url, args.api_key, defaults)
-    from .engine import get_engine
-    from .infer import seed_everything
+        return RemoteEngine(args.api_url, args.api_key, args.request_config())
+    from ..engine import get_engine, seed_everything
 
     seed_everything(args.seed)
     return get_engine(args)
@@ -159,27 +155,24 @@ def error_page(args: AppUIArguments, error: Exception) -> gr.Blocks:
 
 # ---- generation ------------------------------------------------------------------------------------------------
 def generation_settings(engine: InferEngine) -> list[gr.Component]:
-    """Controls that start at the engine's defaults: the model's generation_config overlaid with the command line."""
-    d = engine.default_config
+    """Controls that start at the engine's defaults (the model's generation_config overlaid with the command line):
+    max_new_tokens, a slider per RequestConfig setting that declares one (request_config.py), the seed."""
+    d = engine.default_config.resolved()
     most = max(engine.info.max_model_len, d.max_tokens or 1)
-    return [
-        gr.Slider(1, most, value=d.max_tokens or most, step=1, label="max_new_tokens", render=False),
-        gr.Slider(0, 2, value=_or(d.temperature, 1.0), step=0.05, label="temperature", info="0: greedy",
-                  render=False),
-        gr.Slider(0.01, 1, value=_or(d.top_p, 1.0), step=0.01, label="top_p", render=False),
-        gr.Slider(0, 200, value=max(_or(d.top_k, 0), 0), step=1, label="top_k", info="0: off", render=False),
-        gr.Slider(0.5, 2, value=_or(d.repetition_penalty, 1.0), step=0.01, label="repetition_penalty",
-                  info="1: off", render=False),
-        gr.Number(-1, precision=0, minimum=-1, label="seed", info="-1: not fixed; a number repeats a sampled reply",
-                  render=False),
-    ]
+    sliders = [gr.Slider(low, high, value=min(max(getattr(d, f.name), low), high), step=step, label=f.name,
+                         info=info or None, render=False)
+               for f in ui_fields() for low, high, step, info in [f.metadata["ui"]]]
+    return [gr.Slider(1, most, value=d.max_tokens or most, step=1, label="max_new_tokens", render=False), *sliders,
+            gr.Number(-1, precision=0, minimum=-1, label="seed", info="-1: not fixed; a number repeats a sampled reply",
+                      render=False)]
 
 
-def request_config(max_new_tokens: float, temperature: float, top_p: float, top_k: float,
-                   repetition_penalty: float, seed: float | None) -> RequestConfig:
-    """The page's settings as a request's; seed -1 leaves sampling to the process's random state (--seed)."""
-    return RequestConfig(max_tokens=int(max_new_tokens), temperature=temperature, top_p=top_p, top_k=int(top_k),
-                         repetition_penalty=repetition_penalty, seed=None if seed is None or seed < 0 else int(seed))
+def request_config(max_new_tokens: float, *values: Any) -> RequestConfig:
+    """The page's settings (generation_settings' order) as a request's; seed -1 leaves sampling to the process's
+    random state (--seed)."""
+    *settings, seed = values
+    chosen = {f.name: type(f.metadata["ui"][2])(value) for f, value in zip(ui_fields(), settings)}  # int steps: ints
+    return RequestConfig(max_tokens=int(max_new_tokens), seed=None if seed is None or seed < 0 else int(seed), **chosen)
 
 
 def chat_messages(message: str, history: list[dict[str, Any]], system: str) -> Messages:
@@ -216,6 +209,3 @@ async def stream_text(engine: InferEngine, make_request: Callable[[], InferReque
         logger.exception("Generation failed")
         gr.Warning(f"Generation failed: {type(e).__name__}: {e}", duration=None)
 
-
-def _or(value: Any, fallback: Any) -> Any:
-    return fallback if value is None else value

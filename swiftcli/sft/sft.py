@@ -17,17 +17,16 @@ from ..arguments import SftArguments, world_size
 from ..checkpoint import write_ckpt_args
 from ..dataset import absolute_spec
 from ..errors import ArgumentError
-from ..model import default_device, load_model, load_tokenizer, resolve_model, resolve_torch_dtype
+from ..model import default_device, dtype_name, load_model, load_tokenizer, resolve_model, resolve_torch_dtype
 from ..registry import MODEL_MAPPING, ModelMeta
 from ..template import IGNORE_INDEX, Template, get_template
 from .callbacks import (CheckpointArgsCallback, JsonlLogCallback, RichProgressCallback, ThroughputCallback,
                         append_jsonl, checkpoint_dir, format_throughput, plot_loss)
 from . import fsdp
 from .data import encode_rows, training_rows
+from .lora import prepare_model
 
 logger = logging.getLogger("swiftcli")
-
-DTYPE_NAMES = {"torch.bfloat16": "bf16", "torch.float16": "fp16", "torch.float32": "fp32"}
 
 
 def train_sft(args: SftArguments) -> dict[str, Any]:
@@ -46,15 +45,15 @@ def train_sft(args: SftArguments) -> dict[str, Any]:
 
     device = default_device()
     torch_dtype = resolve_torch_dtype(args.dtype, device)
-    if args.sft_type == "full" and DTYPE_NAMES[str(torch_dtype)] == "fp16":
+    if args.sft_type == "full" and dtype_name(torch_dtype) == "fp16":
         raise ArgumentError("full fine-tuning can't keep fp16 weights (their gradients can't be unscaled): "
                             "use --dtype bf16 or fp32")
-    saved = resolved_args(args, meta, template, DTYPE_NAMES[str(torch_dtype)])
+    saved = resolved_args(args, meta, template, dtype_name(torch_dtype))
     training_args = None
     if args.deepspeed:  # the Trainer's DeepSpeed config must exist before the model loads (ZeRO-3 loads it sharded)
         run_dir = start_run_dir(args, meta.model_type, device, saved)
         training_args = training_arguments(args, run_dir, saved["dtype"], has_val=bool(val_data))
-    logger.info("Loading %s (%s) from %s...", meta.model_type, DTYPE_NAMES[str(torch_dtype)], model_dir)
+    logger.info("Loading %s (%s) from %s...", meta.model_type, dtype_name(torch_dtype), model_dir)
     sharded = fsdp.load_kwargs(device, world_size()) if args.fsdp else {}  # CPU: sharded as it loads
     model = load_model(model_dir, torch_dtype, device, meta.trust_remote_code, device_map=None,  # Trainer places it
                        **sharded)
@@ -113,74 +112,6 @@ def prepare_data(args: SftArguments, template: Template) -> tuple[list[dict], li
         logger.info("No validation rows (--dataset_test_ratio 0 and no --val_dataset): no validation loss, no best "
                     "checkpoint")
     return train_data, val_data
-
-
-# ---- model -----------------------------------------------------------------------------------------------------
-ATTENTION_OUTPUTS = ("o_proj", "out_proj", "c_proj", "dense", "wo")
-"""Attention output projections: not in DEFAULT (ms-swift's per-architecture defaults are the q/k/v inputs)."""
-
-
-def _is_linear(module: Any) -> bool:
-    import torch
-
-    return isinstance(module, torch.nn.Linear) or type(module).__name__ in ("Conv1D", "QuantLinear")
-
-
-def linear_names(model: Any) -> list[str]:
-    """The distinct names of the model's linear layers (what --lora_target_modules can name), in model order."""
-    names: dict[str, None] = {}
-    for name, module in model.named_modules():
-        if _is_linear(module) and name:
-            names[name.rsplit(".", 1)[-1]] = None
-    return list(names)
-
-
-def default_lora_targets(model: Any) -> list[str]:
-    """DEFAULT, as ms-swift means it: the attention's input projections, by the names this model really has
-    (q_proj k_proj v_proj; Phi-3's fused qkv_proj; Qwen-1's c_attn; ChatGLM's query_key_value)."""
-    names: dict[str, None] = {}
-    for name, module in model.named_modules():
-        parent, _, leaf = name.rpartition(".")
-        in_attention = any(part in parent.rsplit(".", 1)[-1].lower() for part in ("attn", "attention"))
-        if in_attention and _is_linear(module) and leaf not in ATTENTION_OUTPUTS:
-            names[leaf] = None
-    return list(names)
-
-
-def lora_targets(names: list[str], model: Any) -> str | list[str]:
-    """--lora_target_modules for peft: DEFAULT -> the attention projections found in `model`, ALL -> 'all-linear'."""
-    if names == ["DEFAULT"]:
-        found = default_lora_targets(model)
-        if not found:
-            raise ArgumentError(f"--lora_target_modules DEFAULT: no attention projection found by name in "
-                                f"{type(model).__name__}; pass ALL or some of its linear layers: "
-                                f"{' '.join(linear_names(model))}")
-        return found
-    if names == ["ALL"]:
-        return "all-linear"
-    return names
-
-
-def prepare_model(model: Any, args: SftArguments) -> Any:
-    """A peft LoRA around the model (its own weights frozen), or the model itself for full fine-tuning."""
-    model.config.use_cache = False  # no KV cache while training
-    if args.sft_type == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        targets = lora_targets(args.lora_target_modules, model)
-        logger.info("LoRA target modules: %s", targets if isinstance(targets, str) else " ".join(targets))
-        config = LoraConfig(task_type="CAUSAL_LM", r=args.lora_rank, lora_alpha=args.lora_alpha,
-                            lora_dropout=args.lora_dropout, target_modules=targets)
-        try:
-            model = get_peft_model(model, config)
-        except ValueError as e:  # peft: "Target modules {...} not found in the base model"
-            raise ArgumentError(f"--lora_target_modules {' '.join(args.lora_target_modules)}: "
-                                f"{str(e).strip().splitlines()[0]} (this model's linear layers: "
-                                f"{' '.join(linear_names(model))}; or DEFAULT, ALL)") from None
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    logger.info("Trainable parameters: %s of %s (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-    return model
 
 
 # ---- run directory and args.json ---------------------------------------------------------------------------------

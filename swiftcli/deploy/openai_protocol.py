@@ -1,4 +1,5 @@
-"""OpenAI's request and response shapes (pydantic). A request turns itself into our RequestConfig in one place.
+"""OpenAI's request shapes (pydantic; responses: openai_responses.py). A request turns itself into our RequestConfig
+in one place.
 
 Nothing a client sends is silently ignored: a request field is implemented, or refused with a 400 that names it
 (an unknown field: "Unrecognized request argument supplied", as OpenAI answers; a known one we do not implement,
@@ -6,14 +7,15 @@ at anything but its neutral value: "... is not supported"). Names and validation
 """
 from __future__ import annotations
 
-import time
+import typing
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from ..errors import ArgumentError
-from ..protocol import Choice, RequestConfig, TokenLogprob, Usage, content_text, valid_text
+from ..protocol import content_text, valid_text
+from ..request_config import RequestConfig, openai_fields
 
 
 def random_id(prefix: str) -> str:
@@ -42,30 +44,28 @@ class StreamOptions(RequestModel):
     """vLLM's: every chunk carries the usage so far."""
 
 
-class SamplingRequest(RequestModel):
-    """Fields shared by chat and completions. None means the server's default (the model's generation_config)."""
+def _settings() -> dict[str, Any]:
+    """RequestConfig's settings that OpenAI's bodies carry under the same name and type, as pydantic fields."""
+    hints = typing.get_type_hints(RequestConfig)
+    return {f.name: (hints[f.name], f.default) for f in openai_fields()}
+
+
+Settings = create_model("Settings", __base__=RequestModel, **_settings())
+
+
+class SamplingRequest(Settings):
+    """Fields shared by chat and completions: RequestConfig's settings (max_tokens, temperature, top_p, ..., see
+    request_config.py) plus these. None means the server's default (the model's generation_config)."""
 
     model: str
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    n: int = 1
-    seed: int | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    ignore_eos: bool = False
     user: str | None = None
     """The end user's id (OpenAI uses it against abuse); it changes no output."""
     logit_bias: dict[str, float] | None = None
     # vLLM's extensions
     stop_token_ids: list[TokenId] | None = None
-    min_tokens: int = 0
-    prompt_logprobs: int | None = None
     use_beam_search: bool = False
     """Refused (400) when true: neither engine searches beams here."""
 
@@ -116,12 +116,9 @@ class SamplingRequest(RequestModel):
         except ValueError:
             raise ArgumentError(f"logit_bias keys must be token ids, got {list(self.logit_bias)}",
                                 param="logit_bias") from None
-        values = dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                      repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
-                      frequency_penalty=self.frequency_penalty, n=self.n, seed=self.seed,
-                      stop=[] if self.stop is None else self.stop,
-                      ignore_eos=self.ignore_eos, stop_token_ids=self.stop_token_ids or [],
-                      min_tokens=self.min_tokens, logit_bias=logit_bias, prompt_logprobs=self.prompt_logprobs)
+        values = {f.name: getattr(self, f.name) for f in openai_fields()}
+        values.update(stop=[] if self.stop is None else self.stop, stop_token_ids=self.stop_token_ids or [],
+                      logit_bias=logit_bias)
         return RequestConfig(**{**values, **overrides})
 
 
@@ -235,141 +232,3 @@ class CompletionRequest(SamplingRequest):
             prompt_logprobs = self.logprobs
         return self._request_config(logprobs=self.logprobs is not None, top_logprobs=self.logprobs,
                                     prompt_logprobs=prompt_logprobs)
-
-
-# ---- responses -----------------------------------------------------------------------------------------------
-class PromptTokensDetails(OpenAIBaseModel):
-    cached_tokens: int = 0
-
-
-class UsageInfo(OpenAIBaseModel):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
-
-    @classmethod
-    def of(cls, usages: list[Usage]) -> UsageInfo:
-        prompt, completion = sum(u.prompt_tokens for u in usages), sum(u.completion_tokens for u in usages)
-        details = PromptTokensDetails(cached_tokens=sum(u.cached_tokens for u in usages))
-        return cls(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion,
-                   prompt_tokens_details=details)
-
-
-class ChatResponseMessage(OpenAIBaseModel):
-    role: Literal["assistant"] = "assistant"
-    content: str
-
-
-class ChatCompletionChoice(OpenAIBaseModel):
-    index: int
-    message: ChatResponseMessage
-    finish_reason: str | None
-    logprobs: dict[str, Any] | None = None
-
-
-class ChatCompletionResponse(OpenAIBaseModel):
-    id: str = Field(default_factory=lambda: random_id("chatcmpl"))
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[ChatCompletionChoice]
-    usage: UsageInfo
-    prompt_logprobs: list[dict[str, Any] | None] | None = None
-
-
-class CompletionChoice(OpenAIBaseModel):
-    index: int
-    text: str
-    finish_reason: str | None
-    logprobs: dict[str, Any] | None = None
-    prompt_logprobs: list[dict[str, Any] | None] | None = None
-
-
-class CompletionResponse(OpenAIBaseModel):
-    id: str = Field(default_factory=lambda: random_id("cmpl"))
-    object: Literal["text_completion"] = "text_completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[CompletionChoice]
-    usage: UsageInfo
-
-
-class ModelCard(OpenAIBaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    created: int
-    owned_by: str
-    root: str
-    parent: str | None = None
-    max_model_len: int
-    is_chat: bool
-    is_multimodal: bool = False
-
-
-class ModelList(OpenAIBaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class ErrorInfo(OpenAIBaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(OpenAIBaseModel):
-    error: ErrorInfo
-
-
-# ---- logprobs in OpenAI's two shapes (plain dicts: the streaming path builds them per token) ---------------------
-def chat_logprobs(items: list[TokenLogprob] | None) -> dict[str, Any] | None:
-    if items is None:
-        return None
-
-    def entry(token: str, logprob: float) -> dict[str, Any]:
-        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
-
-    return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(s, v) for s, v in t.top]}
-                        for t in items]}
-
-
-def completion_logprobs(items: list[TokenLogprob] | None, offset: int = 0) -> dict[str, Any] | None:
-    """`offset`: where this text starts in the choice's text (text_offset counts from there). A token without a
-    logprob (an echoed prompt's first) has null top_logprobs too."""
-    if items is None:
-        return None
-    offsets = []
-    for t in items:
-        offsets.append(offset)
-        offset += len(t.token)
-    return {"tokens": [t.token for t in items], "token_logprobs": [t.logprob for t in items],
-            "top_logprobs": [None if t.logprob is None else dict(t.top) for t in items], "text_offset": offsets}
-
-
-def echoed_logprobs(prompt: list[TokenLogprob | None], first_token: str,
-                    generated: list[TokenLogprob] | None) -> list[TokenLogprob]:
-    """An echoed prompt's tokens then the generated ones; the first prompt token has no logprob (vLLM, OpenAI)."""
-    return [TokenLogprob(first_token, None), *prompt[1:], *(generated or [])]  # type: ignore[list-item]
-
-
-def vllm_prompt_logprobs(items: list[TokenLogprob | None] | None) -> list[dict[str, Any] | None] | None:
-    """vLLM's `prompt_logprobs`: per prompt token {token id: {logprob, rank, decoded_token}}, the first None."""
-    if items is None:
-        return None
-    out: list[dict[str, Any] | None] = []
-    for t in items:
-        if t is None:
-            out.append(None)
-            continue
-        entry = {str(i): {"logprob": v, "rank": rank, "decoded_token": s}
-                 for rank, (i, (s, v)) in enumerate(zip(t.top_ids, t.top), start=1)}
-        entry[str(t.token_id)] = {"logprob": t.logprob, "rank": t.rank, "decoded_token": t.token}
-        out.append(entry)
-    return out
-
-
-def chat_choice(choice: Choice) -> ChatCompletionChoice:
-    return ChatCompletionChoice(index=choice.index, message=ChatResponseMessage(content=choice.text),
-                                finish_reason=choice.finish_reason, logprobs=chat_logprobs(choice.logprobs))

@@ -1,21 +1,20 @@
-"""`swift infer`: the interactive chat REPL (ms-swift's commands and prompts), also fed line by line by a pipe."""
+"""The interactive chat REPL of `swift infer` (ms-swift's commands and prompts), also fed line by line by a pipe."""
 from __future__ import annotations
 
 import json
 import logging
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from .arguments import InferArguments
-from .engine import InferEngine, get_engine
-from .errors import SwiftError
-from .protocol import History, InferRequest, RequestConfig
+from ..arguments import InferArguments
+from ..engine import InferEngine
+from ..errors import SwiftError
+from ..protocol import History, InferRequest, RequestConfig
+from .results import SEPARATOR, result_path
 
 logger = logging.getLogger("swiftcli")
-SEPARATOR = "-" * 50
 COMMANDS = ("exit", "quit", "clear", "reset-system", "multi-line", "single-line")
 HELP_LINES = [
     "Input `exit` or `quit` to exit the conversation.",
@@ -23,48 +22,6 @@ HELP_LINES = [
     "Input `reset-system` to reset the system and clear the history.",
     "Input `clear` to clear the history.",
 ]
-
-
-def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def run_infer(args: InferArguments) -> None:
-    """A dataset evaluation run with --dataset / --val_dataset (or --load_dataset_config), else the REPL."""
-    seed_everything(args.seed)
-    if args.dataset or args.val_dataset:
-        from .infer_dataset import run_infer_dataset
-
-        run_infer_dataset(args)
-        return
-    engine = get_engine(args)
-    print_banner(engine)
-    errors = run_repl(engine, args)
-    if errors and not sys.stdin.isatty():
-        raise SystemExit(2)
-
-
-def print_banner(engine: InferEngine) -> None:
-    info = engine.info
-    adapters = f", adapters: {', '.join(info.adapters)}" if info.adapters else ""
-    details = "".join(f" | {key}: {value}" for key, value in info.details.items())
-    print(f"[swift] model: {info.model_type} ({info.model_dir}) | template: {engine.template.template_type} | "
-          f"backend: {info.backend} | dtype: {info.dtype} | context: {info.max_model_len}{adapters}{details}",
-          file=sys.stderr, flush=True)
-
-
-def result_path(args: InferArguments) -> str:
-    if args.result_path:
-        return args.result_path
-    root = args.result_dir or (args.ckpt_dir if args.ckpt_dir else ".")
-    return os.path.join(root, "infer_result", time.strftime("%Y%m%d-%H%M%S") + ".jsonl")
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-BUILTIN = ("zero2", "zero3")
+from ..arguments.sft import DEEPSPEED_BUILTIN as BUILTIN  # noqa: F401  (the names this module writes)
 
 
 def _base() -> dict[str, Any]:

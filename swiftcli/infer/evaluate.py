@@ -20,12 +20,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .arguments import METRICS, InferArguments
-from .dataset import Row, get_val_dataset, sample_rows
-from .engine import InferEngine, get_engine
-from .errors import ArgumentError, SwiftError
-from .infer import SEPARATOR, print_banner, result_path
-from .protocol import InferRequest, InferResponse
+from ..arguments import METRICS, InferArguments
+from ..dataset import Row, get_val_dataset, sample_rows
+from ..engine import InferEngine, get_engine, print_banner
+from ..errors import ArgumentError, SwiftError
+from ..protocol import InferRequest, InferResponse
+from .results import SEPARATOR, result_path
 
 logger = logging.getLogger("swiftcli")
 

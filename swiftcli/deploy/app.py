@@ -25,7 +25,8 @@ from ..engine import InferEngine
 from ..errors import SwiftError
 from .metrics import ServerMetrics, log_throughput
 from .openai_protocol import ChatCompletionRequest, CompletionRequest
-from .serving import APIError, OpenAIServing, to_api_error
+from .formats import APIError, to_api_error
+from .serving import OpenAIServing
 
 logger = logging.getLogger("swiftcli")
 

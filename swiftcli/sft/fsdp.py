@@ -14,76 +14,9 @@ Either way every checkpoint is a plain transformers/peft one that `swift infer/e
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ArgumentError
-
-MODES = ("full_shard", "shard_grad_op")
-OPTIONS = ("auto_wrap", "offload")
-
-
-@dataclass
-class FsdpPlan:
-    """What `--fsdp` and `--fsdp_config` ask for, validated."""
-
-    mode: str = "full_shard"
-    offload: bool = False
-    config: dict[str, Any] = field(default_factory=dict)
-    """Extra keys of transformers' `TrainingArguments.fsdp_config` (a JSON file's content)."""
-
-
-def parse_fsdp(value: str, config: str | None) -> FsdpPlan:
-    """`--fsdp 'full_shard auto_wrap offload'` (ms-swift's and transformers' words) or `--fsdp <config.json>`.
-
-    Raises ArgumentError (one line) for an unknown word, an unreadable file, or two sharding modes."""
-    words = value.split()
-    plan = FsdpPlan()
-    if len(words) == 1 and words[0].endswith(".json"):
-        plan.config = read_json(words[0], "--fsdp")
-        words = []
-    if config:
-        plan.config.update(read_json(config, "--fsdp_config"))
-    for key in list(plan.config):  # transformers accepts fsdp_-prefixed keys too
-        if key.startswith("fsdp_"):
-            plan.config[key[5:]] = plan.config.pop(key)
-    unknown = [w for w in words if w not in MODES + OPTIONS]
-    if unknown:
-        raise ArgumentError(f"--fsdp: unknown option {unknown[0]!r}; use {' or '.join(MODES)}, optionally with "
-                            f"{' and '.join(OPTIONS)}, or a JSON config file")
-    modes = [w for w in words if w in MODES]
-    if len(modes) > 1:
-        raise ArgumentError(f"--fsdp takes one sharding mode, got {' and '.join(modes)}")
-    if modes:
-        plan.mode = modes[0]
-    elif "reshard_after_forward" in plan.config:
-        plan.mode = "full_shard" if plan.config["reshard_after_forward"] else "shard_grad_op"
-    plan.offload = "offload" in words or bool(plan.config.get("cpu_offload", False))
-    return plan
-
-
-def read_json(path: str, flag: str) -> dict[str, Any]:
-    """An fsdp_config file (the JSON object the arguments' `--config` reader accepts), errors naming the flag."""
-    from ..arguments import load_config_file
-
-    try:
-        return load_config_file(os.path.expanduser(path))
-    except ArgumentError as e:
-        raise ArgumentError(f"{flag}: {e}") from None
-
-
-def check_plan(plan: FsdpPlan, device: str, processes: int, resume: bool) -> None:
-    """Refuse what the chosen engine can't do, before any weight loads."""
-    if processes < 2:
-        raise ArgumentError("--fsdp shards across processes: launch them with NPROC_PER_NODE=N (N >= 2)")
-    if device == "cpu":
-        if plan.mode != "full_shard" or plan.offload:
-            raise ArgumentError(f"--fsdp on CPU is full_shard only (transformers' FSDP2), got {plan.mode}"
-                                f"{' offload' if plan.offload else ''}: use a CUDA machine for that")
-        if resume:
-            raise ArgumentError("--resume_from_checkpoint with --fsdp on CPU: transformers' load-time FSDP keeps no "
-                                "optimizer state in checkpoints; start a new run (or train on CUDA)")
+from ..arguments.sft import FsdpPlan, parse_fsdp  # noqa: F401  (parse_fsdp: the plan's reader)
 
 
 def training_kwargs(plan: FsdpPlan, device: str, gradient_checkpointing: bool) -> dict[str, Any]:

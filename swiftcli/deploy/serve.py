@@ -1,16 +1,14 @@
 """`swift deploy`: load the engine, then serve it with uvicorn until SIGTERM/Ctrl+C, which drain in-flight requests."""
 from __future__ import annotations
 
-import ipaddress
 import logging
 import signal
 from types import FrameType
 
 import uvicorn
 
-from ..arguments import DeployArguments
-from ..engine import get_engine
-from ..infer import print_banner, seed_everything
+from ..arguments import DeployArguments, is_loopback
+from ..engine import get_engine, print_banner, seed_everything
 from .app import create_app
 
 logger = logging.getLogger("swiftcli")
@@ -29,15 +27,6 @@ def run_deploy(args: DeployArguments) -> None:
     engine.serve(server.serve())
     if stopped_by:
         logger.info("In-flight requests drained; exiting after %s.", signal.Signals(stopped_by[0]).name)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
 
 
 def drain_on_signals(server: uvicorn.Server) -> list[int]:

