@@ -24,6 +24,10 @@ class InferRequest:
     """Open the assistant's turn after the messages (vLLM's field); after a final assistant message, a new turn."""
     continue_final_message: bool = False
     """Leave the final message open and continue it (vLLM's field; ms-swift's response prefix): a prefill."""
+    tools: list[dict[str, Any]] | None = None
+    """OpenAI's tool definitions, rendered into the prompt by the chat template (tools.py)."""
+    chat_template_kwargs: dict[str, Any] | None = None
+    """Extra variables of the model's own chat template, e.g. {"enable_thinking": false} (vLLM's field)."""
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -137,7 +141,9 @@ def valid_text(text: str, name: str, param: str) -> str:
 
 
 def normalize_messages(messages: Messages) -> Messages:
-    """Check roles and order: [system], user, assistant, user, ..., ending with user (infer) or assistant (train)."""
+    """Check roles and order: [system], user, assistant, user, ..., ending with user (infer) or assistant (train).
+    An assistant message may carry `tool_calls` (then its content may be empty); the `tool` messages answering them
+    follow it, in the place of a user turn."""
     if not isinstance(messages, list) or not messages:
         raise ArgumentError("messages must be a non-empty list")
     out: Messages = []
@@ -145,21 +151,27 @@ def normalize_messages(messages: Messages) -> Messages:
         if not isinstance(m, dict) or "role" not in m:
             raise ArgumentError(f"messages[{i}] must be an object with a role")
         role = m["role"]
-        if role not in ("system", "user", "assistant"):
-            raise ArgumentError(f"messages[{i}].role must be system, user or assistant, got {role!r}")
+        if role not in ("system", "user", "assistant", "tool"):
+            raise ArgumentError(f"messages[{i}].role must be system, user or assistant (or tool, answering "
+                                f"tool_calls), got {role!r}")
         if role == "system" and i != 0:
             raise ArgumentError(f"messages[{i}]: a system message must come first")
+        if role == "tool" and not (out and (out[-1].get("tool_calls") or out[-1]["role"] == "tool")):
+            raise ArgumentError(f"messages[{i}]: a tool message must answer an assistant message's tool_calls")
         out.append({"role": role, "content": valid_text(content_text(m.get("content")), f"messages[{i}].content",
                                                         "messages")})
-        if m.get("name"):  # OpenAI's participant name, for chat templates that write it
-            out[-1]["name"] = m["name"]
-    turns = out[1:] if out[0]["role"] == "system" else out
+        for key in ("name", "tool_calls", "tool_call_id"):  # OpenAI's participant name, calls and their answers
+            if m.get(key):
+                out[-1][key] = m[key]
+    body = out[1:] if out[0]["role"] == "system" else out
+    turns = [m for k, m in enumerate(body) if not (m["role"] == "tool" and k and body[k - 1]["role"] == "tool")]
     if not turns:
         raise ArgumentError("messages must contain a user message")
-    for i, m in enumerate(turns):
+    for i, m in enumerate(turns):  # a run of tool messages takes a user turn's place
         expected = "user" if i % 2 == 0 else "assistant"
-        if m["role"] != expected:
-            raise ArgumentError(f"messages must alternate user/assistant; got {m['role']!r} where {expected!r} was expected")
+        if m["role"] != expected and not (expected == "user" and m["role"] == "tool"):
+            raise ArgumentError(f"messages must alternate user/assistant; got {m['role']!r} where {expected!r} was "
+                                "expected")
     return out
 
 

@@ -19,10 +19,68 @@ Metadata keys of a field:
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import ArgumentError
+
+
+@dataclass(frozen=True)
+class StructuredOutputs:
+    """What the reply must match, enforced while decoding (vLLM's StructuredOutputsParams; exactly one is set):
+    a JSON schema, any JSON object, a regular expression, one of some strings, or an EBNF grammar."""
+
+    json: dict[str, Any] | None = None
+    json_object: bool = False
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+    grammar: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [name for name in ("json", "json_object", "regex", "choice", "grammar") if getattr(self, name)]
+        if len(given) != 1:
+            raise ArgumentError(f"structured output takes exactly one of json, json_object, regex, choice, grammar; "
+                                f"got {', '.join(given) or 'none'}", param="structured_outputs")
+        if self.choice is not None and not all(isinstance(c, str) and c for c in self.choice):
+            raise ArgumentError("structured output choice must be non-empty strings", param="structured_outputs")
+        self.grammar_check()
+
+    def grammar_check(self) -> None:
+        """Compile it once with xgrammar (the library both engines decode with): a bad schema or regex is the
+        request's error, named here, not the engine's."""
+        try:
+            import xgrammar as xgr
+        except ModuleNotFoundError:
+            raise ArgumentError("structured output needs the xgrammar package: pip install xgrammar",
+                                param="structured_outputs") from None
+        try:
+            if self.json is not None:
+                xgr.Grammar.from_json_schema(json_text(self.json))
+            elif self.regex is not None:
+                xgr.Grammar.from_regex(self.regex)
+            elif self.grammar is not None:
+                xgr.Grammar.from_ebnf(self.grammar)
+        except Exception as e:  # xgrammar raises RuntimeError with the parser's message
+            kind = "JSON schema" if self.json is not None else "regex" if self.regex is not None else "grammar"
+            why = re.sub(r"^\[[\d:]+\] \S+: ", "", str(e).strip().splitlines()[-1])  # xgrammar's time and source
+            raise ArgumentError(f"invalid {kind}: {why}", param="structured_outputs") from None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields that are set, as vLLM's StructuredOutputsParams (and its request body) take them. `json_object`
+        is the schema of any object: OpenAI promises an object, where a grammar of any JSON would allow `[false]`."""
+        values = {"json": ANY_OBJECT if self.json_object else self.json, "regex": self.regex,
+                  "choice": list(self.choice) if self.choice else None, "grammar": self.grammar}
+        return {k: v for k, v in values.items() if v is not None}
+
+
+ANY_OBJECT = {"type": "object"}
+
+
+def json_text(schema: Any) -> str:
+    import json
+
+    return schema if isinstance(schema, str) else json.dumps(schema)
 
 
 def setting(default: Any = None, *, factory: Any = None, neutral: Any = None, flag: tuple[str, Any] | None = None,
@@ -74,6 +132,10 @@ class RequestConfig:
     """Added to these token ids' logits before sampling (OpenAI's field: -100 bans, 100 forces)."""
     prompt_logprobs: int | None = setting()
     """Logprob of every prompt token (the first has none) with this many top alternatives; None: off."""
+    structured_outputs: StructuredOutputs | None = setting(openai=False, vllm=False)
+    """The reply must match this (a JSON schema, any JSON, a regex, a choice, a grammar): constrained decoding."""
+    skip_special_tokens: bool = setting(True)
+    """Leave special tokens out of the text (vLLM's field; tool-call parsers that read them turn it off)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -163,6 +225,8 @@ def openai_body(config: Any, is_chat: bool) -> dict[str, Any]:
             if getattr(config, f.name) != getattr(defaults, f.name)}
     if "logit_bias" in body:
         body["logit_bias"] = {str(k): v for k, v in body["logit_bias"].items()}
+    if body.get("structured_outputs") is not None:
+        body["structured_outputs"] = body["structured_outputs"].as_dict()
     if not is_chat:  # legacy completions: `logprobs` is how many top logprobs per token
         top = body.pop("top_logprobs", None)
         if body.pop("logprobs", False):

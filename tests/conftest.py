@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import contextlib
 import subprocess
@@ -17,6 +18,10 @@ import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    # pytest started in the background of a script (`... &`) ignores SIGINT, and its children would inherit that:
+    # the Ctrl-C tests need children that take SIGINT as a terminal's user sends it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

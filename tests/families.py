@@ -82,6 +82,9 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
            ("<|endoftext|>",), "<|endoftext|>", tied=True),
 ]}
 CHAT_FAMILIES = [name for name, f in FAMILIES.items() if f.template]
+PLAIN_TOKENS = ("<tool_call>", "</tool_call>", "<think>", "</think>")
+"""Added tokens that are not special in the real tokenizers (Qwen2.5's and Qwen3's tokenizer_config.json mark them
+"special": false), so a decoded reply keeps them and parsers can read them."""
 
 
 def build_family(name: str, out_dir: str | os.PathLike, seed: int = 0) -> str:
@@ -97,8 +100,12 @@ def build_family(name: str, out_dir: str | os.PathLike, seed: int = 0) -> str:
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
     vocab = tok.get_vocab()
     new = [t for t in family.special_tokens if t not in vocab]
-    if new:
-        tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in new], special_tokens=True)
+    special = [t for t in new if t not in PLAIN_TOKENS]
+    if special:
+        tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in special], special_tokens=True)
+    plain = [t for t in new if t in PLAIN_TOKENS]
+    if plain:  # in the text of a reply, as in the real tokenizers (special: false)
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in plain])
     tok.bos_token, tok.eos_token, tok.pad_token = family.bos, family.eos, family.pad
     tok.chat_template = family.template_text()
     ids = {t: tok.convert_tokens_to_ids(t) for t in {family.bos, family.eos, family.pad, *family.eos_ids} if t}
@@ -189,4 +196,35 @@ def save_forced(model_dir: str, token_id: int, out_dir: str | os.PathLike) -> st
     shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("*.safetensors"), dirs_exist_ok=True)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     force_greedy(model, token_id).to(torch.bfloat16).save_pretrained(out)
+    return out
+
+
+def save_chain(model_dir: str, chain: dict[str, str], out_dir: str | os.PathLike) -> str:
+    """A copy of the checkpoint whose greedy decoding follows `chain` (token -> next token, as token strings): the
+    next token depends on the current one only. Attention and MLP outputs are zeroed, so the last hidden state is the
+    current token's embedding; chain tokens get one-hot embeddings and the (untied) output head maps each one-hot
+    dimension to its successor."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = str(out_dir)
+    shutil.copytree(model_dir, out, ignore=shutil.ignore_patterns("*.safetensors"), dirs_exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    hidden = model.config.hidden_size
+    head = torch.nn.Linear(hidden, model.config.vocab_size, bias=False)
+    with torch.no_grad():
+        head.weight.zero_()
+        embed = model.get_input_embeddings().weight
+        embed.zero_()
+        for dim, (token, successor) in enumerate(chain.items(), start=1):
+            embed[tok.convert_tokens_to_ids(token), dim] = 1.0
+            head.weight[tok.convert_tokens_to_ids(successor), dim] = 10.0
+        for name, module in model.named_modules():
+            if name.endswith(("o_proj", "down_proj")):
+                module.weight.zero_()
+        model.get_decoder().norm.weight.fill_(1.0)
+    model.config.tie_word_embeddings = False
+    model.lm_head = head
+    model.to(torch.bfloat16).save_pretrained(out)
     return out

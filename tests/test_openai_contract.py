@@ -164,8 +164,8 @@ def test_continuous_usage_stats_puts_usage_on_every_chunk(client):
 REFUSED = [
     ("use_beam_search", {"use_beam_search": True}),
     ("tool_choice", {"tool_choice": "auto"}),
-    ("tools", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]}),
-    ("response_format", {"response_format": {"type": "json_object"}}),
+    ("tools", {"tools": [{"type": "function"}]}),
+    ("response_format", {"response_format": {"type": "xml"}}),
     ("top_logprobs", {"top_logprobs": 2}),
     ("stream_options", {"stream_options": {"include_usage": True}}),
     ("no_such_field", {"no_such_field": 1}),
@@ -193,16 +193,20 @@ def test_neutral_values_of_unimplemented_fields_are_accepted(client):
 
 
 def test_message_keys_are_read_or_refused(client):
-    """A reply's message sent back as the SDK dumps it (nulls) is fine, and so is OpenAI's participant `name` (passed to
-    the model's chat template, as vLLM does); a key that would be dropped is a 400."""
+    """A reply's message sent back as the SDK dumps it (nulls) is fine, and so are OpenAI's participant `name` (passed
+    to the model's chat template, as vLLM does) and tool calls with their results; a key that would be dropped is a
+    400."""
     reply = chat(client).choices[0].message.model_dump()  # role, content, refusal=None, tool_calls=None, ...
     turns = [*HELLO, reply, {"role": "user", "content": "And of Italy?"}]
     assert client.chat.completions.create(model=BASE, messages=turns, max_tokens=4).choices[0].message.content
     named = [{"role": "user", "content": "Hi", "name": "bob"}]
     assert client.chat.completions.create(model=BASE, messages=named, max_tokens=4).choices[0].message.content
     called = [*HELLO, {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]
-    assert "tool_calls" in refused(lambda: client.chat.completions.create(model=BASE, messages=called), "messages")
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "42"}]
+    assert client.chat.completions.create(model=BASE, messages=called, max_tokens=4).choices[0].message.content
+    unread = [*HELLO, {"role": "assistant", "content": "Paris.", "audio": {"id": "a1"}}, *HELLO]
+    assert "audio" in refused(lambda: client.chat.completions.create(model=BASE, messages=unread), "messages")
 
 
 # ---- models, usage, metrics -----------------------------------------------------------------------------------
@@ -264,3 +268,39 @@ def test_min_p_reaches_the_engine_from_the_server_and_the_client(client):
     reply = inference_client(BASE, PROMPT, request_config=config, is_chat_request=False, url=str(client.base_url))
     assert reply.choices[0].text == greedy
     refused(lambda: complete(client, extra_body={"min_p": 1.5}), "min_p")
+
+
+def test_response_format_json_schema_is_enforced(client):
+    """Structured output on both backends (vLLM: its own structured outputs; pt: xgrammar), through the SDK's body
+    and through the seed API's XRequestConfig."""
+    import jsonschema
+
+    from swiftcli.llm import XRequestConfig, inference_client
+    from swiftcli.request_config import StructuredOutputs
+
+    schema = {"type": "object", "properties": {"capital": {"type": "string", "maxLength": 20}},
+              "required": ["capital"], "additionalProperties": False}
+    ask = [{"role": "user", "content": 'Give the capital of France as a JSON object with the key "capital".'}]
+    reply = client.chat.completions.create(model=BASE, messages=ask, max_tokens=64, temperature=0, response_format={
+        "type": "json_schema", "json_schema": {"name": "capital", "schema": schema}})
+    jsonschema.validate(json.loads(reply.choices[0].message.content), schema)
+    config = XRequestConfig(max_tokens=8, temperature=0, structured_outputs=StructuredOutputs(choice=("yes", "no")))
+    answer = inference_client(BASE, "Is Paris in France?", request_config=config, url=str(client.base_url))
+    assert answer.choices[0].message.content in ("yes", "no")
+    assert "invalid regex" in refused(lambda: chat(client, extra_body={"structured_outputs": {"regex": "("}}),
+                                      "structured_outputs")
+
+
+def test_a_named_tool_choice_is_a_tool_call_on_both_backends(client):
+    """Tool calls are read in the serving layer: on vLLM too, a named tool_choice constrains the arguments to the
+    function's schema and comes back as `tool_calls`."""
+    import jsonschema
+
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"],
+              "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": schema}}]
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    reply = chat(client, max_tokens=48, tools=tools, tool_choice=named)
+    (call,) = reply.choices[0].message.tool_calls
+    assert reply.choices[0].finish_reason == "tool_calls" and call.function.name == "get_weather"
+    jsonschema.validate(json.loads(call.function.arguments), schema)

@@ -2,11 +2,15 @@
 model + template + generation + engine. `swift infer`, `deploy` and `app-ui` build on EngineSetup."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..checkpoint import check_adapter_dir
 from ..errors import ArgumentError
+from ..reasoning import PARSERS as REASONING_PARSERS
+from ..tools import PARSERS as TOOL_PARSERS
 from .base import Arguments, check_choices, check_ranges
 from .generation import GenerationArguments
 from .model import ModelArguments, TemplateArguments
@@ -61,7 +65,39 @@ class EngineArguments(Arguments):
 
 
 @dataclass
-class EngineSetup(EngineArguments, GenerationArguments, TemplateArguments, ModelArguments):
+class ReplyArguments(Arguments):
+    """How a chat model's replies are read, and the chat template's own variables."""
+
+    reasoning_parser: str = "AUTO"
+    """Split a reasoning model's <think> part into reasoning_content: qwen3, deepseek_r1 or none. AUTO: from the chat
+    template (qwen3 when it writes think blocks, deepseek_r1 when its generation prompt opens one)."""
+    tool_call_parser: str = "AUTO"
+    """Read tool calls in replies: hermes (<tool_call>), llama3_json or mistral ([TOOL_CALLS]). AUTO: from the chat
+    template (registered templates: hermes)."""
+    chat_template_kwargs: str | None = None
+    """Variables for the model's own chat template as JSON, e.g. '{"enable_thinking": false}' (requests may add
+    their own)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choices(self, {"reasoning_parser": ("AUTO", "none", *REASONING_PARSERS),
+                             "tool_call_parser": ("AUTO", *TOOL_PARSERS)})
+        self.template_kwargs = self._template_kwargs()
+
+    def _template_kwargs(self) -> dict[str, Any]:
+        if not self.chat_template_kwargs:
+            return {}
+        try:
+            kwargs = json.loads(self.chat_template_kwargs)
+        except ValueError as e:
+            raise ArgumentError(f"--chat_template_kwargs is not valid JSON: {e}") from None
+        if not isinstance(kwargs, dict):
+            raise ArgumentError(f"--chat_template_kwargs must be a JSON object, got {self.chat_template_kwargs!r}")
+        return kwargs
+
+
+@dataclass
+class EngineSetup(ReplyArguments, EngineArguments, GenerationArguments, TemplateArguments, ModelArguments):
     """What an engine is built from (`get_engine(setup)`); the seed's `get_vllm_engine` builds one directly."""
 
     def __post_init__(self) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import ContextLengthError, SwiftError
 from ..protocol import Choice, InferRequest, InferResponse, RequestConfig, StreamDelta
+from ..template import Template
 from .openai_protocol import ChatCompletionRequest, CompletionRequest
 from .openai_responses import (
     ChatCompletionResponse,
@@ -23,6 +24,7 @@ from .openai_responses import (
     echoed_logprobs,
     vllm_prompt_logprobs,
 )
+from .replies import ReplyReader, ToolUse, call_deltas
 
 CHAT, COMPLETIONS = "/v1/chat/completions", "/v1/completions"
 _COMPACT = (",", ":")
@@ -96,27 +98,51 @@ class ChunkWriter:
 
 
 class ChatFormat:
-    """Chat shapes. Every delta carries `content` as a string (the seed's clients print it unchecked)."""
+    """Chat shapes. Every delta carries `content` as a string (the seed's clients print it unchecked); reasoning and
+    tool calls are read from the reply as the template says (deploy/replies.py)."""
 
     chunk_object = "chat.completion.chunk"
 
-    def __init__(self, request: ChatCompletionRequest):
+    def __init__(self, request: ChatCompletionRequest, template: Template):
         self.n = request.n
         self.echo = request.echo_prefix
         """`echo`: the continued assistant message, in front of each reply (the opening delta carries it)."""
+        tools = ToolUse(template.tool_parser, request.tool_choice or "auto") if request.calls_tools else None
+        self.readers = [ReplyReader(template.reasoning_parser, tools) for _ in range(self.n)]
 
     def opening(self, i: int) -> list[dict[str, Any]]:
         return [{"index": k, "delta": {"role": "assistant", "content": self.echo}, "logprobs": None,
                  "finish_reason": None} for k in range(self.n)]
 
-    def delta(self, i: int, d: StreamDelta) -> dict[str, Any]:
-        return {"index": d.index, "delta": {"content": d.text}, "logprobs": chat_logprobs(d.logprobs),
-                "finish_reason": d.finish_reason}
+    def deltas(self, i: int, d: StreamDelta) -> list[dict[str, Any]]:
+        """The chunks' choices for one engine delta: text as reasoning or content, and at the end of a reply its tool
+        calls, then the finish reason."""
+        reader = self.readers[d.index]
+        fields = reader.feed(d.text)
+        calls = []
+        if d.finish_reason is not None:
+            tail, calls = reader.finish()
+            fields += tail + call_deltas(calls)
+        logprobs = chat_logprobs(d.logprobs)
+        if not fields and (logprobs or d.finish_reason):
+            fields = [{"content": ""}]
+        choices = [{"index": d.index, "delta": f, "logprobs": None, "finish_reason": None} for f in fields]
+        if choices:
+            choices[0]["logprobs"] = logprobs
+            choices[-1]["finish_reason"] = "tool_calls" if calls else d.finish_reason
+        return choices
 
     def response(self, job: Job, results: list[InferResponse]) -> ChatCompletionResponse:
-        choices = [chat_choice(c) for c in results[0].choices]
-        for choice in choices:
-            choice.message.content = self.echo + choice.message.content
+        choices = []
+        for c in results[0].choices:
+            choice = chat_choice(c)
+            reasoning, content, calls = self.readers[c.index].read(c.text)
+            choice.message.reasoning_content = reasoning
+            choice.message.content = self.echo + content if content is not None else (self.echo or None)
+            choice.message.tool_calls = [call.as_openai() for call in calls]
+            if calls:
+                choice.finish_reason = "tool_calls"
+            choices.append(choice)
         return ChatCompletionResponse(id=job.id, model=job.model, usage=job.usage, choices=choices,
                                       prompt_logprobs=vllm_prompt_logprobs(results[0].prompt_logprobs))
 
@@ -145,7 +171,7 @@ class CompletionFormat:
         return [{"index": i * self.n + k, "text": self.prompts[i], "logprobs": None, "finish_reason": None}
                 for k in range(self.n)]
 
-    def delta(self, i: int, d: StreamDelta) -> dict[str, Any]:
+    def deltas(self, i: int, d: StreamDelta) -> list[dict[str, Any]]:
         index = i * self.n + d.index
         if d.prompt_logprobs is not None:
             self.prompt_logprobs[i] = d.prompt_logprobs
@@ -155,8 +181,8 @@ class CompletionFormat:
             logprobs = echoed_logprobs(self.prompt_logprobs[i], self.first_tokens[i], d.logprobs)
         offset = self.offsets.get(index, 0 if self.echo_logprobs else len(self._head(i)))
         self.offsets[index] = offset + len(text)
-        return {"index": index, "text": text, "logprobs": completion_logprobs(logprobs, offset),
-                "finish_reason": d.finish_reason}
+        return [{"index": index, "text": text, "logprobs": completion_logprobs(logprobs, offset),
+                 "finish_reason": d.finish_reason}]
 
     def _choice(self, i: int, c: Choice, result: InferResponse) -> CompletionChoice:
         logprobs = completion_logprobs(c.logprobs, len(self._head(i)))

@@ -7,6 +7,7 @@ at anything but its neutral value: "... is not supported"). Names and validation
 """
 from __future__ import annotations
 
+import json
 import typing
 import uuid
 from typing import Annotated, Any, Literal
@@ -15,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from ..errors import ArgumentError
 from ..protocol import content_text, valid_text
-from ..request_config import RequestConfig, openai_fields
+from ..request_config import RequestConfig, StructuredOutputs, openai_fields
+from ..tools import check_tools, forced_schema
 
 
 def random_id(prefix: str) -> str:
@@ -64,10 +66,59 @@ class SamplingRequest(Settings):
     user: str | None = None
     """The end user's id (OpenAI uses it against abuse); it changes no output."""
     logit_bias: dict[str, float] | None = None
+    response_format: dict[str, Any] | None = None
+    """OpenAI's {"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema"}}: enforced."""
     # vLLM's extensions
     stop_token_ids: list[TokenId] | None = None
     use_beam_search: bool = False
     """Refused (400) when true: neither engine searches beams here."""
+    structured_outputs: dict[str, Any] | None = None
+    """vLLM's {"json" | "json_object" | "regex" | "choice" | "grammar": ...}; also its older guided_* fields."""
+    guided_json: dict[str, Any] | str | None = None
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None
+
+    def structured(self) -> StructuredOutputs | None:
+        """What the reply must match, from whichever one field asks for it (400 for two, or a bad one)."""
+        asked = {"response_format": self._response_format(), "structured_outputs": self.structured_outputs,
+                 "guided_json": self.guided_json and {"json": self.guided_json},
+                 "guided_regex": self.guided_regex and {"regex": self.guided_regex},
+                 "guided_choice": self.guided_choice and {"choice": self.guided_choice},
+                 "guided_grammar": self.guided_grammar and {"grammar": self.guided_grammar}}
+        asked = {name: spec for name, spec in asked.items() if spec}
+        if len(asked) > 1:
+            raise ArgumentError(f"only one of {', '.join(asked)} may constrain the reply", param=list(asked)[1])
+        if not asked:
+            return None
+        (name, spec), = asked.items()
+        unknown = set(spec) - {"json", "json_object", "regex", "choice", "grammar"}
+        if unknown:
+            raise ArgumentError(f"{name}: unsupported key(s) {', '.join(sorted(unknown))}", param=name)
+        if isinstance(spec.get("json"), str):
+            try:
+                spec = {**spec, "json": json.loads(spec["json"])}
+            except ValueError as e:
+                raise ArgumentError(f"{name}: the JSON schema is not valid JSON: {e}", param=name) from None
+        if spec.get("choice") is not None:
+            spec = {**spec, "choice": tuple(spec["choice"])}
+        try:
+            return StructuredOutputs(**spec)
+        except ArgumentError as e:
+            raise ArgumentError(str(e), param=name) from None
+
+    def _response_format(self) -> dict[str, Any] | None:
+        kind = (self.response_format or {}).get("type")
+        if kind in (None, "text"):
+            return None
+        if kind == "json_object":
+            return {"json_object": True}
+        schema = (self.response_format.get("json_schema") or {}).get("schema") if kind == "json_schema" else None
+        if not isinstance(schema, dict):
+            raise ArgumentError("response_format must be {'type': 'text'}, {'type': 'json_object'} or "
+                                "{'type': 'json_schema', 'json_schema': {'name': ..., 'schema': {...}}}",
+                                param="response_format")
+        return {"json": schema}
 
     @property
     def include_usage(self) -> bool:
@@ -118,7 +169,7 @@ class SamplingRequest(Settings):
                                 param="logit_bias") from None
         values = {f.name: getattr(self, f.name) for f in openai_fields()}
         values.update(stop=[] if self.stop is None else self.stop, stop_token_ids=self.stop_token_ids or [],
-                      logit_bias=logit_bias)
+                      logit_bias=logit_bias, structured_outputs=self.structured())
         return RequestConfig(**{**values, **overrides})
 
 
@@ -128,19 +179,23 @@ class TextPart(OpenAIBaseModel):
 
 
 class ChatMessage(OpenAIBaseModel):
-    """Other keys are allowed only when empty: SDKs send a reply's message back with `refusal`, `tool_calls`,
-    `annotations`... set to null, but a set one (a tool call) would be dropped unread."""
+    """Other keys are allowed only when empty: SDKs send a reply's message back with `refusal`, `annotations`...
+    set to null, but a set one would be dropped unread."""
 
-    role: Literal["system", "user", "assistant"]
+    role: Literal["system", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
     """OpenAI's participant name: passed to the model's own chat template (as vLLM does), which may write it."""
+    tool_calls: list[dict[str, Any]] | None = None
+    """An assistant message's calls (sent back with the tools' results)."""
+    tool_call_id: str | None = None
+    """A tool message: the call it answers."""
 
     @model_validator(mode="after")
     def _no_unread_keys(self) -> ChatMessage:
         unread = [key for key, value in (self.model_extra or {}).items() if value not in (None, "", [], {})]
         if unread:
-            raise ValueError(f"{', '.join(unread)} not supported in a message (only role and content are read)")
+            raise ValueError(f"{', '.join(unread)} not supported in a message")
         return self
 
 
@@ -150,11 +205,13 @@ class ChatCompletionRequest(SamplingRequest):
     """What current OpenAI SDKs send instead of max_tokens; it wins when both are given."""
     logprobs: bool | None = False
     top_logprobs: int | None = None
-    # tool calling is not implemented: accepted only where it asks for nothing
     tools: list[dict[str, Any]] | None = None
+    """Functions the model may call, rendered by its chat template (tools.py)."""
     tool_choice: str | dict[str, Any] | None = None
+    """none, auto (the default with tools), required, or {"type": "function", "function": {"name": ...}}."""
     parallel_tool_calls: bool | None = None
-    response_format: dict[str, Any] | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+    """vLLM's: variables of the model's own chat template, e.g. {"enable_thinking": false}."""
     # vLLM's chat-template fields: a prefill ends with an assistant message and continues it
     add_generation_prompt: bool = True
     """Open the assistant's turn after the messages (after a final assistant message: a new turn)."""
@@ -165,13 +222,7 @@ class ChatCompletionRequest(SamplingRequest):
 
     def check(self) -> None:
         super().check()
-        if self.tools:
-            raise ArgumentError("tools: tool calling is not supported by swift deploy", param="tools")
-        if self.tool_choice not in (None, "none"):
-            raise ArgumentError("When using `tool_choice`, `tools` must be set.", param="tool_choice")
-        if self.response_format is not None and self.response_format.get("type") != "text":
-            raise ArgumentError(f"response_format {self.response_format.get('type')!r} is not supported by swift "
-                                f"deploy (only 'text')", param="response_format")
+        check_tools(self.tools, self.tool_choice)
         if self.top_logprobs and not self.logprobs:
             raise ArgumentError("when using `top_logprobs`, `logprobs` must be set to true", param="top_logprobs")
         if self.continue_final_message and self.add_generation_prompt and \
@@ -185,13 +236,27 @@ class ChatCompletionRequest(SamplingRequest):
         last = self.messages[-1]
         return content_text(self.message_dicts()[-1]["content"]) if self.echo and last.role == "assistant" else ""
 
+    @property
+    def calls_tools(self) -> bool:
+        """Whether the tools are offered to the model (tool_choice none hides them)."""
+        return bool(self.tools) and self.tool_choice != "none"
+
     def to_request_config(self) -> RequestConfig:
         max_tokens = self.max_tokens if self.max_completion_tokens is None else self.max_completion_tokens
-        return self._request_config(max_tokens=max_tokens, logprobs=bool(self.logprobs),
-                                    top_logprobs=self.top_logprobs)
+        config = self._request_config(max_tokens=max_tokens, logprobs=bool(self.logprobs),
+                                      top_logprobs=self.top_logprobs)
+        schema = forced_schema(self.tools, self.tool_choice, self.parallel_tool_calls is not False) \
+            if self.calls_tools else None
+        if schema is None:
+            return config
+        if config.structured_outputs is not None:
+            raise ArgumentError("tool_choice required or a named function already constrains the reply: drop "
+                                "response_format / structured_outputs", param="tool_choice")
+        return config.replace(structured_outputs=StructuredOutputs(json=schema))
 
     def message_dicts(self) -> list[dict[str, Any]]:
-        return [m.model_dump(include={"role", "content", "name"}, exclude_none=True) for m in self.messages]
+        return [m.model_dump(include={"role", "content", "name", "tool_calls", "tool_call_id"}, exclude_none=True)
+                for m in self.messages]
 
 
 class CompletionRequest(SamplingRequest):

@@ -31,7 +31,10 @@ class UsageInfo(OpenAIBaseModel):
 
 class ChatResponseMessage(OpenAIBaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    reasoning_content: str | None = None
+    """A reasoning model's thinking (vLLM's field), apart from the answer in `content`."""
+    tool_calls: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class ChatCompletionChoice(OpenAIBaseModel):

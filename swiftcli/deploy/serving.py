@@ -17,6 +17,7 @@ from fastapi.responses import Response, StreamingResponse
 from ..engine import InferEngine
 from ..errors import ArgumentError
 from ..protocol import InferRequest, Usage
+from ..tools import needs_special_tokens
 from .formats import (
     CHAT,
     COMPLETIONS,
@@ -91,10 +92,15 @@ class OpenAIServing:
         try:
             request = InferRequest(messages=body.message_dicts(), adapter=adapter,
                                    add_generation_prompt=body.add_generation_prompt,
-                                   continue_final_message=body.continue_final_message)
+                                   continue_final_message=body.continue_final_message,
+                                   tools=body.tools if body.calls_tools else None,
+                                   chat_template_kwargs=body.chat_template_kwargs)
         except ArgumentError as e:
             raise APIError(400, str(e), param="messages") from None
-        return await self._respond(self._job(CHAT, body, [request]), ChatFormat(body))
+        job = self._job(CHAT, body, [request])
+        if body.calls_tools and needs_special_tokens(self.engine.template.tool_parser):  # its markers are special
+            job.config = job.config.replace(skip_special_tokens=False)
+        return await self._respond(job, ChatFormat(body, self.engine.template))
 
     async def completion(self, body: CompletionRequest) -> Response:
         """The raw prompt, never wrapped in the chat template."""
@@ -149,7 +155,8 @@ class OpenAIServing:
                             if d.text or d.finish_reason or d.prompt_logprobs:
                                 job.first_text = job.first_text or time.perf_counter()
                                 usage = self._usage_so_far(job, prompt_tokens, d.completion_tokens or 0)
-                                yield writer.choice(fmt.delta(i, d), usage)
+                                for choice in fmt.deltas(i, d):
+                                    yield writer.choice(choice, usage)
                 job.usage = UsageInfo.of(usages)
                 if job.include_usage:
                     yield writer.usage(job.usage)

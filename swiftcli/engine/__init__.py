@@ -13,7 +13,9 @@ from ..model import (default_device, load_model, load_tokenizer, max_model_len, 
                      resolve_torch_dtype)
 from ..protocol import RequestConfig
 from ..registry import ModelMeta
+from ..reasoning import detect_parser as detect_reasoning
 from ..template import Template, get_template
+from ..tools import detect_parser as detect_tool_parser
 from .base import EngineInfo, InferEngine
 
 logger = logging.getLogger("swiftcli")
@@ -30,10 +32,24 @@ def default_request_config(args: EngineSetup, model_dir: str) -> RequestConfig:
 
 
 def build_template(args: EngineSetup, meta: ModelMeta, tokenizer) -> Template:
+    """The model's template, with how its replies are read: reasoning and tool-call parsers (AUTO: from the chat
+    template's text) and the chat template's extra variables."""
     template_type = meta.template if args.template_type == "AUTO" else args.template_type
-    return get_template(template_type, tokenizer, default_system=args.system,
-                        max_length=args.max_length if args.max_length > 0 else None,
-                        truncation_strategy=args.truncation_strategy)
+    template = get_template(template_type, tokenizer, default_system=args.system,
+                            max_length=args.max_length if args.max_length > 0 else None,
+                            truncation_strategy=args.truncation_strategy)
+    if template.is_generation:
+        return template
+    chat_template = getattr(tokenizer, "chat_template", None) if template_type == "auto" else None
+    reasoning = getattr(args, "reasoning_parser", "AUTO")
+    if reasoning == "AUTO":
+        reasoning = detect_reasoning(chat_template, lambda: template.render([{"role": "user", "content": "?"}],
+                                                                             add_generation_prompt=True)[0])
+    template.reasoning_parser = None if reasoning == "none" else reasoning
+    tool_parser = getattr(args, "tool_call_parser", "AUTO")
+    template.tool_parser = detect_tool_parser(chat_template) if tool_parser == "AUTO" else tool_parser
+    template.chat_template_kwargs = getattr(args, "template_kwargs", {})
+    return template
 
 
 VLLM_MISSING = "vLLM is not installed"

@@ -90,7 +90,8 @@ class InferEngine(ABC):
         if request.prompt is not None:
             return self.template.encode_prompt(request.prompt)
         return self.template.encode(request.messages, add_generation_prompt=request.add_generation_prompt,
-                                    continue_final_message=request.continue_final_message)
+                                    continue_final_message=request.continue_final_message, tools=request.tools,
+                                    chat_template_kwargs=request.chat_template_kwargs)
 
     def check_token_ids(self, ids: Iterable[int], name: str) -> None:
         """Token ids a client sent must exist in the vocabulary (else 400, not an engine failure)."""

@@ -11,9 +11,10 @@ _CONTEXT_TOKENS = 5
 class IncrementalDetokenizer:
     """vLLM's prefix/read-offset scheme: decode a short window and emit only text that has settled."""
 
-    def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: list[str] | None = None, min_tokens: int = 0):
+    def __init__(self, tokenizer: Any, prompt_ids: list[int], stop: list[str] | None = None, min_tokens: int = 0,
+                 skip_special_tokens: bool = True):
         """min_tokens: text of the first that many tokens never ends the reply (vLLM's rule)."""
-        self.tokenizer = tokenizer
+        self.tokenizer, self.skip_special_tokens = tokenizer, skip_special_tokens
         self.min_tokens, self.added, self.stop_from = min_tokens, 0, 0
         self.ids = list(prompt_ids[-_CONTEXT_TOKENS:])
         self.prefix_offset = 0
@@ -25,7 +26,8 @@ class IncrementalDetokenizer:
         self.stopped = False
 
     def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        return self.tokenizer.decode(ids, skip_special_tokens=self.skip_special_tokens,
+                                     clean_up_tokenization_spaces=False)
 
     def add(self, token_id: int) -> str:
         """Feed one generated token; returns the new text that is safe to show (maybe '')."""

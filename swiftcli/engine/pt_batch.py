@@ -14,6 +14,7 @@ import torch
 from ..protocol import RequestConfig, TokenLogprob
 from ..template import Template
 from .detokenizer import IncrementalDetokenizer
+from .grammar import Matcher
 from .sampling import RowSampling
 from .static_decode import StaticDecoder
 
@@ -45,6 +46,8 @@ class Row:
     abort_seen: bool = False
     next_token: int = 0
     position: int = 0
+    matcher: Matcher | None = None
+    """Structured output: the grammar the row's tokens must follow (engine/grammar.py)."""
 
 
 @dataclass
@@ -64,9 +67,11 @@ def new_row(template: Template, spec: RowSpec, events: Any) -> Row:
     index, k, prompt_ids, config, adapter = spec
     stop = config.stop if config.ignore_eos else list(dict.fromkeys(config.stop + template.stop_words))
     stop_ids = set(config.stop_token_ids) | (set() if config.ignore_eos else set(template.stop_token_ids))
+    matcher = Matcher(template.tokenizer, config.structured_outputs, stop_ids) if config.structured_outputs else None
     return Row(index, k, prompt_ids, config, RowSampling.from_config(config, seed_offset=k),
-               IncrementalDetokenizer(template.tokenizer, prompt_ids, stop, config.min_tokens),
-               stop_ids, adapter, events, logprobs=[] if config.logprobs else None)
+               IncrementalDetokenizer(template.tokenizer, prompt_ids, stop, config.min_tokens,
+                                      config.skip_special_tokens),
+               stop_ids, adapter, events, logprobs=[] if config.logprobs else None, matcher=matcher)
 
 
 def spec(row: Row) -> RowSpec:

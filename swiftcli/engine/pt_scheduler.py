@@ -222,6 +222,8 @@ class Scheduler:
         for i, r in enumerate(rows):  # min_tokens: no stop id before then (vLLM's rule)
             if len(r.output_ids) < r.config.min_tokens and r.stop_ids:
                 logits[i, list(r.stop_ids)] = float("-inf")
+            if r.matcher is not None:  # structured output: only what the grammar allows next
+                r.matcher.mask(logits[i])
         next_ids = sample(logits, [r.sampling for r in rows]).tolist()
         keep = [i for i, (row, tid) in enumerate(zip(rows, next_ids))
                 if self._emit(row, tid, raw[i] if raw is not None else None)]
@@ -242,6 +244,8 @@ class Scheduler:
     def _advance(self, row: Row, token_id: int, logprobs: torch.Tensor | None) -> tuple[str, TokenLogprob | None]:
         """Account one sampled token to its row: (the text it settled, its logprob); sets finish_reason when done."""
         row.output_ids.append(token_id)  # a stop token counts as generated (as in vLLM's usage) but adds no text
+        if row.matcher is not None:
+            row.matcher.accept(token_id)
         if token_id in row.stop_ids:
             row.finish_reason = "stop"
             return row.detok.flush(), None

@@ -33,7 +33,7 @@ class RowSampling:
         """Greedy on the raw logits: nothing changes them before the argmax."""
         c = self.config
         return (self.greedy and c.repetition_penalty == 1 and not c.presence_penalty and not c.frequency_penalty
-                and not c.logit_bias)
+                and not c.logit_bias and c.structured_outputs is None)
 
 
 def apply_penalties(logits: torch.Tensor, seen: list[list[int]], rows: list[RowSampling]) -> torch.Tensor:

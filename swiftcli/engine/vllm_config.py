@@ -11,7 +11,7 @@ from vllm.config.lora import MaxLoRARanks
 from vllm.exceptions import VLLMValidationError
 from vllm.lora.request import LoRARequest
 from vllm.platforms import current_platform
-from vllm.sampling_params import RequestOutputKind
+from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from ..arguments import EngineSetup
 from ..checkpoint import adapter_rank
@@ -40,7 +40,8 @@ def sampling_params(config: RequestConfig, template: Template, stream: bool) -> 
                                                                        else template.stop_token_ids))),
             logit_bias=config.logit_bias or None,
             logprobs=(config.top_logprobs or 0) if config.logprobs else None,
-            skip_special_tokens=True,
+            structured_outputs=(StructuredOutputsParams(**config.structured_outputs.as_dict())
+                                if config.structured_outputs else None),
             output_kind=RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY)
     except (ValueError, VLLMValidationError) as e:  # vLLM's own validation
         raise ArgumentError(str(e).splitlines()[0]) from None

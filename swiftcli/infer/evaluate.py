@@ -15,7 +15,6 @@ import logging
 import os
 import sys
 import time
-import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,13 +24,16 @@ from ..dataset import Row, get_val_dataset, sample_rows
 from ..engine import InferEngine, get_engine, print_banner
 from ..errors import ArgumentError, SwiftError
 from ..protocol import InferRequest, InferResponse
+from ..reasoning import split_reasoning
+from .metrics import compute_metrics
 from .results import SEPARATOR, result_path
 
 logger = logging.getLogger("swiftcli")
 
-RESULT_FIELDS = ("key", "system", "query", "history", "response", "label", "prompt_tokens", "completion_tokens",
-                 "latency_s", "finish_reason", "error")
-"""One line of the results file; `key` is the row's stable key (what --resume skips by)."""
+RESULT_FIELDS = ("key", "system", "query", "history", "response", "reasoning", "label", "prompt_tokens",
+                 "completion_tokens", "latency_s", "finish_reason", "error")
+"""One line of the results file; `key` is the row's stable key (what --resume skips by); a reasoning model's
+thinking is in `reasoning`, apart from the `response` that is scored."""
 
 
 @dataclass
@@ -101,7 +103,7 @@ def evaluate(engine: InferEngine, args: InferArguments, rows: list[Row], path: s
     if previous:
         logger.info("--resume: %d rows already in %s, %d to go", len(rows) - len(todo), path, len(todo))
     verbose = args.verbose if args.verbose is not None else len(rows) < 20
-    recorder = Recorder(path, verbose)
+    recorder = Recorder(path, verbose, engine.template.reasoning_parser)
     try:
         with recorder.progress(len(todo)):
             items = [prepare(engine, row, args.default_adapter) for row in todo]
@@ -163,6 +165,7 @@ class Recorder:
 
     path: str | None
     verbose: bool
+    reasoning_parser: str | None = None
     lines: list[dict[str, Any]] = field(default_factory=list)
     completion_tokens: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -196,8 +199,9 @@ class Recorder:
     def record(self, item: Item, response: InferResponse | None, error: str | None, latency: float | None) -> None:
         system, query, history = item.row.query
         choice = response.choices[0] if response is not None else None
+        reasoning, text = split_reasoning(self.reasoning_parser, choice.text) if choice else (None, None)
         line = {"key": item.row.key, "system": system, "query": query, "history": history,
-                "response": choice.text if choice else None, "label": item.row.label,
+                "response": text, "reasoning": reasoning, "label": item.row.label,
                 "prompt_tokens": response.usage.prompt_tokens if response else item.prompt_tokens,
                 "completion_tokens": response.usage.completion_tokens if response else None,
                 "latency_s": None if latency is None else round(latency, 4),
@@ -246,42 +250,6 @@ def summarize(lines: list[dict[str, Any]], recorder: Recorder, metrics: Sequence
             "tokens_per_s": round(recorder.completion_tokens / elapsed, 2) if elapsed > 0 else None,
             "metrics": compute_metrics([line["response"] for line in scored], [line["label"] for line in scored],
                                        metrics) if scored else {}}
-
-
-def normalize_answer(text: str) -> str:
-    """What exact match compares: Unicode NFKC, case-folded, whitespace collapsed."""
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
-
-
-class MixedScriptTokenizer:
-    """Words for ROUGE: sacrebleu's 'zh' tokenizer (13a for Latin text, one token per Chinese character), lower-cased;
-    rouge-score's own tokenizer drops every non-Latin character, so Chinese rows would all score 0."""
-
-    def __init__(self) -> None:
-        from sacrebleu.tokenizers.tokenizer_zh import TokenizerZh
-
-        self._tokenize = TokenizerZh()
-
-    def tokenize(self, text: str) -> list[str]:
-        return self._tokenize(text.lower()).split()
-
-
-def compute_metrics(responses: list[str], labels: list[str], names: Sequence[str]) -> dict[str, float]:
-    """acc: share of exact matches after normalising; rouge: mean ROUGE-L F1 (rouge-score); bleu: corpus BLEU-4
-    (sacrebleu, 'zh' tokenization). All in [0, 1]."""
-    scores: dict[str, float] = {}
-    if "acc" in names:
-        scores["acc"] = sum(normalize_answer(r) == normalize_answer(l) for r, l in zip(responses, labels)) / len(labels)
-    if "rouge" in names:
-        from rouge_score.rouge_scorer import RougeScorer
-
-        scorer = RougeScorer(["rougeL"], tokenizer=MixedScriptTokenizer())
-        scores["rouge"] = sum(scorer.score(l, r)["rougeL"].fmeasure for r, l in zip(responses, labels)) / len(labels)
-    if "bleu" in names:
-        import sacrebleu
-
-        scores["bleu"] = sacrebleu.corpus_bleu(responses, [labels], tokenize="zh").score / 100
-    return {name: round(value, 4) for name, value in scores.items()}
 
 
 def print_summary(summary: dict[str, Any]) -> None:

@@ -12,9 +12,11 @@ from ..arguments import InferArguments
 from ..engine import InferEngine
 from ..errors import SwiftError
 from ..protocol import History, InferRequest, RequestConfig
+from ..reasoning import ReasoningSplitter
 from .results import SEPARATOR, result_path
 
 logger = logging.getLogger("swiftcli")
+DIM, UNDIM = "\033[2m", "\033[0m"
 COMMANDS = ("exit", "quit", "clear", "reset-system", "multi-line", "single-line")
 HELP_LINES = [
     "Input `exit` or `quit` to exit the conversation.",
@@ -130,21 +132,22 @@ def run_repl(engine: InferEngine, args: InferArguments, stdin: TextIO | None = N
 
 
 def answer(engine: InferEngine, args: InferArguments, state: ReplState, query: str, stdout: TextIO) -> str | None:
-    """Print the reply (streamed or whole) and return it; None when it failed or was interrupted."""
+    """Print the reply (streamed or whole; a reasoning model's thinking dimmed) and return its content (what the
+    history keeps); None when it failed or was interrupted."""
     request = InferRequest.from_query(query, state.history, state.system, adapter=args.default_adapter)
+    splitter = ReasoningSplitter(engine.template.reasoning_parser)
     parts: list[str] = []
     try:
         if args.stream:
             stream = engine.infer_stream(request, RequestConfig())
             try:
                 for delta in stream:
-                    parts.append(delta.text)
-                    print(delta.text, end="", flush=True, file=stdout)
+                    show(splitter, splitter.feed(delta.text), parts, stdout)
             finally:
                 stream.close()  # aborts the generation when interrupted
         else:
-            parts.append(engine.infer([request], RequestConfig())[0].text)
-            print(parts[0], end="", file=stdout)
+            show(splitter, splitter.feed(engine.infer([request], RequestConfig())[0].text), parts, stdout)
+        show(splitter, splitter.finish(), parts, stdout)
     except KeyboardInterrupt:
         print(f"\n{SEPARATOR}", file=stdout, flush=True)
         return None
@@ -153,6 +156,19 @@ def answer(engine: InferEngine, args: InferArguments, state: ReplState, query: s
         return None
     print(f"\n{SEPARATOR}", file=stdout, flush=True)
     return "".join(parts)
+
+
+def show(splitter: ReasoningSplitter, pieces: list[tuple[str, str]], content: list[str], stdout: TextIO) -> None:
+    """Print ("reasoning" | "content", text) pieces, the reasoning dimmed on a terminal and a line between it and
+    the answer; collect the content."""
+    for kind, text in pieces:
+        if kind == "reasoning":
+            print(f"{DIM}{text}{UNDIM}" if stdout.isatty() else text, end="", flush=True, file=stdout)
+            continue
+        if not content and splitter.reasoned:
+            print(file=stdout)
+        content.append(text)
+        print(text, end="", flush=True, file=stdout)
 
 
 def save_turn(path: str, state: ReplState, query: str, response: str) -> None:

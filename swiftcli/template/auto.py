@@ -2,8 +2,11 @@
 thinking, ...). Labels are found by locating each reply in the rendered text."""
 from __future__ import annotations
 
+from typing import Any
+
 from ..errors import ArgumentError
 from ..protocol import Messages, normalize_messages
+from ..tools import template_messages
 from .base import Template, fold_system, prompt_kind
 
 
@@ -11,8 +14,10 @@ class AutoTemplate(Template):
     """The tokenizer's own `chat_template` (jinja), for models whose template has logic of its own."""
 
     def render(self, messages: Messages, add_generation_prompt: bool | None = None,
-               continue_final_message: bool = False) -> tuple[str, list[tuple[int, int]]]:
-        messages = normalize_messages(messages)
+               continue_final_message: bool = False, tools: list[dict[str, Any]] | None = None,
+               chat_template_kwargs: dict[str, Any] | None = None) -> tuple[str, list[tuple[int, int]]]:
+        messages = template_messages(normalize_messages(messages))
+        extra = {**({"tools": tools} if tools else {}), **(chat_template_kwargs or {})}
         if self.default_system and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": self.default_system}] + messages
         if messages[0]["role"] == "system" and not self.support_system:
@@ -21,8 +26,8 @@ class AutoTemplate(Template):
         kind = prompt_kind(messages[-1]["role"], add_generation_prompt, continue_final_message)
         if kind != "train":
             text = self._apply(messages, add_generation_prompt=kind == "generate",
-                               continue_final_message=kind == "continue")
-            if kind == "generate" and messages[-1]["role"] == "assistant" and text == self._apply(messages):
+                               continue_final_message=kind == "continue", **extra)
+            if kind == "generate" and messages[-1]["role"] == "assistant" and text == self._apply(messages, **extra):
                 raise ArgumentError("the model's chat template cannot open a new assistant turn after an assistant "
                                     "message: send continue_final_message true to continue that message, or end "
                                     "the conversation with a user message", param="messages")
@@ -65,7 +70,7 @@ class AutoTemplate(Template):
                             "cannot train on it: use --template_type")
 
     def _apply(self, messages: Messages, add_generation_prompt: bool = False,
-               continue_final_message: bool = False) -> str:
+               continue_final_message: bool = False, **extra: Any) -> str:
         """`apply_chat_template` as text; the template refusing the conversation (its `raise_exception`) is the
         client's error, with the template's own message (vLLM answers it with a 400 too)."""
         import jinja2
@@ -75,7 +80,7 @@ class AutoTemplate(Template):
             raise ArgumentError("template 'auto' needs a tokenizer with a chat_template; use --template_type")
         try:
             return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                                           continue_final_message=continue_final_message)
+                                           continue_final_message=continue_final_message, **extra)
         except (jinja2.TemplateError, ValueError) as e:
             message = str(e).split("\n")[0]
             raise ArgumentError(f"the model's chat template rejected the conversation: {message}",

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import ArgumentError, ContextLengthError
 from ..protocol import History, Messages, normalize_messages, to_messages
+from ..tools import hermes_messages
 
 IGNORE_INDEX = -100
 logger = logging.getLogger("swiftcli")
@@ -82,6 +83,12 @@ class Template:
     """The warning that the system prompt is folded into the first user message was printed."""
     max_length: int | None = None
     truncation_strategy: str = "delete"
+    reasoning_parser: str | None = None
+    """How a reply's reasoning is told from its content (reasoning.py); None: the model does not reason."""
+    tool_parser: str = "hermes"
+    """How a reply's tool calls are read (tools.py)."""
+    chat_template_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Variables every render passes to the tokenizer's own chat template (--chat_template_kwargs)."""
 
     @property
     def support_multi_round(self) -> bool:
@@ -110,15 +117,21 @@ class Template:
                 and tok.bos_token_id in tok("", add_special_tokens=True)["input_ids"])
 
     def render(self, messages: Messages, add_generation_prompt: bool | None = None,
-               continue_final_message: bool = False) -> tuple[str, list[tuple[int, int]]]:
+               continue_final_message: bool = False, tools: list[dict[str, Any]] | None = None,
+               chat_template_kwargs: dict[str, Any] | None = None) -> tuple[str, list[tuple[int, int]]]:
         """Text of the conversation, and the (start, end) character spans that carry the loss (training only).
 
         With the defaults, messages ending with a user turn render the generation prompt and messages ending with an
         assistant turn the finished conversation with the suffix (training). A prompt for inference passes
         `add_generation_prompt` (and `continue_final_message`), vLLM's fields: see `prompt_kind`. A span covers a
         reply and the end token right after it (`<|im_end|>`, or `<|user|>` where the next query starts with it).
+        `tools` (OpenAI's definitions) go into the system prompt in the hermes format, with tool calls and results
+        (tools.py); `chat_template_kwargs` are for tokenizers' own templates (AutoTemplate) and unused here.
         """
-        system, turns = self._system_and_turns(normalize_messages(messages))
+        messages = normalize_messages(messages)
+        if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):  # tools as hermes text
+            messages = hermes_messages(messages, tools, self.default_system)
+        system, turns = self._system_and_turns(messages)
         kind = prompt_kind(turns[-1]["role"], add_generation_prompt, continue_final_message)
         if len(turns) > 2 and not self.support_multi_round:
             raise ArgumentError(f"template {self.template_type!r} supports single-round dialogues only")
@@ -190,11 +203,14 @@ class Template:
 
     # ---- encoding --------------------------------------------------------------------------------------------
     def encode(self, query: str | Messages, history: History | None = None, system: str | None = None, *,
-               add_generation_prompt: bool | None = None, continue_final_message: bool = False) -> Encoded:
+               add_generation_prompt: bool | None = None, continue_final_message: bool = False,
+               tools: list[dict[str, Any]] | None = None,
+               chat_template_kwargs: dict[str, Any] | None = None) -> Encoded:
         """Token ids for a query with history (the seed's shape) or OpenAI messages; labels when training (a
         conversation ending with a reply, `add_generation_prompt` left None). The keywords: `render`."""
         messages = query if isinstance(query, list) else to_messages(query, history, system)
-        text, spans = self.render(messages, add_generation_prompt, continue_final_message)
+        text, spans = self.render(messages, add_generation_prompt, continue_final_message, tools,
+                                  {**self.chat_template_kwargs, **(chat_template_kwargs or {})})
         if not spans:
             return self._truncate(Encoded(list(self.tokenizer(text, add_special_tokens=False)["input_ids"])))
         # Training: the last reply's prompt is tokenized on its own, exactly as inference sends it (as ms-swift
