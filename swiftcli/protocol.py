@@ -147,6 +147,7 @@ def normalize_messages(messages: Messages) -> Messages:
     if not isinstance(messages, list) or not messages:
         raise ArgumentError("messages must be a non-empty list")
     out: Messages = []
+    call_ids: list[str] = []  # of the last assistant message
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m:
             raise ArgumentError(f"messages[{i}] must be an object with a role")
@@ -158,6 +159,11 @@ def normalize_messages(messages: Messages) -> Messages:
             raise ArgumentError(f"messages[{i}]: a system message must come first")
         if role == "tool" and not (out and (out[-1].get("tool_calls") or out[-1]["role"] == "tool")):
             raise ArgumentError(f"messages[{i}]: a tool message must answer an assistant message's tool_calls")
+        if role == "tool" and m.get("tool_call_id") not in call_ids:
+            raise ArgumentError(f"messages[{i}].tool_call_id {m.get('tool_call_id')!r} answers none of the calls "
+                                f"before it ({', '.join(map(repr, call_ids))})")
+        if role == "assistant":
+            call_ids = [c.get("id") for c in m.get("tool_calls") or [] if isinstance(c, dict)]
         out.append({"role": role, "content": valid_text(content_text(m.get("content")), f"messages[{i}].content",
                                                         "messages")})
         for key in ("name", "tool_calls", "tool_call_id"):  # OpenAI's participant name, calls and their answers

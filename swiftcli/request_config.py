@@ -38,7 +38,11 @@ class StructuredOutputs:
     grammar: str | None = None
 
     def __post_init__(self) -> None:
-        given = [name for name in ("json", "json_object", "regex", "choice", "grammar") if getattr(self, name)]
+        given = [name for name in ("json", "json_object", "regex", "choice", "grammar")
+                 if getattr(self, name) not in (None, False)]
+        empty = [name for name in given if getattr(self, name) in ("", (), [], {})]
+        if empty:
+            raise ArgumentError(f"structured output: {empty[0]} is empty", param="structured_outputs")
         if len(given) != 1:
             raise ArgumentError(f"structured output takes exactly one of json, json_object, regex, choice, grammar; "
                                 f"got {', '.join(given) or 'none'}", param="structured_outputs")

@@ -104,11 +104,18 @@ def _mistral_id() -> str:
 # ---- tool_choice ------------------------------------------------------------------------------------------------
 def check_tools(tools: list[dict[str, Any]] | None, tool_choice: Any) -> None:
     """OpenAI's and vLLM's rules for `tools` / `tool_choice`; a 400 naming the field otherwise."""
-    names = [t.get("function", {}).get("name") for t in tools or []]
+    if tools is not None and not tools:
+        raise ArgumentError("tools must not be empty (leave it out instead)", param="tools")
+    names = []
     for i, tool in enumerate(tools or []):
-        if tool.get("type") != "function" or not isinstance(tool.get("function"), dict) or not names[i]:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if tool.get("type") != "function" or not isinstance(function, dict) or not function.get("name"):
             raise ArgumentError(f"tools[{i}] must be {{'type': 'function', 'function': {{'name': ...}}}}",
                                 param="tools")
+        if function["name"] in names:
+            raise ArgumentError(f"tools[{i}]: two tools are named {function['name']!r}", param="tools")
+        names.append(function["name"])
+        check_parameters(i, function.get("parameters"))
     if tool_choice in (None, "none"):
         return
     if not tools:
@@ -122,6 +129,21 @@ def check_tools(tools: list[dict[str, Any]] | None, tool_choice: Any) -> None:
     if name not in names:
         raise ArgumentError(f"tool_choice names {name!r}, which is not among the tools ({', '.join(names)})",
                             param="tool_choice")
+
+
+def check_parameters(i: int, parameters: Any) -> None:
+    """A function's `parameters` must be a JSON schema of an object that xgrammar compiles (it may constrain the
+    reply), whatever the tool_choice of this request."""
+    from .request_config import StructuredOutputs
+
+    if parameters is None:
+        return
+    if not isinstance(parameters, dict):
+        raise ArgumentError(f"tools[{i}].function.parameters must be a JSON schema object", param="tools")
+    try:
+        StructuredOutputs(json=parameters)
+    except ArgumentError as e:
+        raise ArgumentError(f"tools[{i}].function.parameters: {e}", param="tools") from None
 
 
 def forced_schema(tools: list[dict[str, Any]], tool_choice: Any, parallel: bool) -> dict[str, Any] | None:

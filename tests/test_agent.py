@@ -143,6 +143,53 @@ def test_a_tool_result_turn_renders_and_answers(client, pt_engine):
     assert "a tool call must be" in e.value.body["message"]
 
 
+BAD_TOOLS = [
+    ("tools", {"tools": []}),
+    ("tools", {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "objekt"}}}]}),
+    ("tools", {"tools": [{"type": "function", "function": {"name": "f", "parameters": "abc"}}]}),
+    ("tools", {"tools": TOOLS + TOOLS}),
+    ("tool_choice", {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}),
+    ("messages", {"tools": TOOLS, "messages": ASK + [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+            "name": "get_weather", "arguments": "{}"}}]}, {"role": "tool", "tool_call_id": "zzz", "content": "1"}]}),
+    ("guided_choice", {"guided_choice": []}),
+]
+
+
+@pytest.mark.parametrize("param,body", BAD_TOOLS, ids=[f"{p}-{i}" for i, (p, _) in enumerate(BAD_TOOLS)])
+def test_malformed_tools_and_constraints_are_a_400_naming_the_field(client, param, body):
+    """Checked when the request arrives, whatever tool_choice is: never a 500, never silently ignored."""
+    body = dict(body)
+    messages = body.pop("messages", ASK)
+    with pytest.raises(BadRequestError) as e:
+        client.chat.completions.create(model=BASE, messages=messages, max_tokens=4, extra_body=body)
+    assert e.value.body["param"] == param
+
+
+def test_swift_infer_json_schema_constrains_every_reply(tmp_path):
+    """`swift infer --json_schema` for the REPL fed by a pipe: each reply parses and matches the schema."""
+    import subprocess
+    import sys
+
+    schema = {"type": "object", "properties": {"capital": {"type": "string", "maxLength": 20}},
+              "required": ["capital"], "additionalProperties": False}
+    (tmp_path / "schema.json").write_text(json.dumps(schema))
+    out = subprocess.run([sys.executable, "-m", "swiftcli", "infer", "--infer_backend", "pt", "--json_schema",
+                          "schema.json", "--max_new_tokens", "48", "--temperature", "0", "--stream", "false"],
+                         input="The capital of France?\nThe capital of Italy?\n", capture_output=True, text=True,
+                         cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr
+    replies = [block.strip() for block in out.stdout.split("-" * 50) if block.strip()]
+    replies = [r.removeprefix("<<<").strip() for r in replies]
+    assert len(replies) == 2
+    for reply in replies:
+        jsonschema.validate(json.loads(reply), schema)
+    bad = subprocess.run([sys.executable, "-m", "swiftcli", "infer", "--json_schema", '{"type": "objekt"}'],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip() == 'swift: error: --json_schema: invalid JSON schema: ' \
+                                                           'Unsupported type "objekt"'
+
+
 def test_the_families_own_templates_render_tools_and_calls(families):
     """Qwen2.5, Llama-3.1 and Mistral v0.3's official templates get the tools (`tools=`), the call and its result."""
     from swiftcli.model import load_tokenizer

@@ -72,8 +72,8 @@ class ReplyArguments(Arguments):
     """Split a reasoning model's <think> part into reasoning_content: qwen3, deepseek_r1 or none. AUTO: from the chat
     template (qwen3 when it writes think blocks, deepseek_r1 when its generation prompt opens one)."""
     tool_call_parser: str = "AUTO"
-    """Read tool calls in replies: hermes (<tool_call>), llama3_json or mistral ([TOOL_CALLS]). AUTO: from the chat
-    template (registered templates: hermes)."""
+    """How `swift deploy` reads tool calls in replies to requests with tools: hermes (<tool_call>), llama3_json or
+    mistral ([TOOL_CALLS]). AUTO: from the chat template (registered templates: hermes)."""
     chat_template_kwargs: str | None = None
     """Variables for the model's own chat template as JSON, e.g. '{"enable_thinking": false}' (requests may add
     their own)."""

@@ -29,16 +29,24 @@ class InferArguments(DatasetArguments, EvalArguments, EngineSetup):
         if self.json_schema and self.response_format == "text":
             self.response_format = "json_schema"
         check_choices(self, {"response_format": ("text", "json_object", "json_schema")})
-        if (self.response_format == "json_schema") != bool(self.json_schema):
-            raise ArgumentError("--response_format json_schema goes with --json_schema <schema or file>")
+        if self.response_format == "json_schema" and not self.json_schema:
+            raise ArgumentError("--response_format json_schema needs --json_schema <schema or file>")
+        if self.json_schema and self.response_format != "json_schema":
+            raise ArgumentError(f"--json_schema and --response_format {self.response_format} conflict: drop one")
         if self.response_format == "text":
             return config
         if self.response_format == "json_object":
             return config.replace(structured_outputs=StructuredOutputs(json_object=True))
-        return config.replace(structured_outputs=StructuredOutputs(json=self._schema()))
+        schema = self._schema()
+        try:
+            return config.replace(structured_outputs=StructuredOutputs(json=schema))
+        except ArgumentError as e:
+            raise ArgumentError(f"--json_schema: {e}") from None
 
     def _schema(self) -> dict:
         text = self.json_schema
+        if text.endswith(".json") and not os.path.isfile(text):
+            raise ArgumentError(f"--json_schema file {text} does not exist")
         if os.path.isfile(text):
             with open(text, encoding="utf-8") as f:
                 text = f.read()

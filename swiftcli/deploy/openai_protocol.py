@@ -81,12 +81,11 @@ class SamplingRequest(Settings):
 
     def structured(self) -> StructuredOutputs | None:
         """What the reply must match, from whichever one field asks for it (400 for two, or a bad one)."""
+        guided = {"guided_json": "json", "guided_regex": "regex", "guided_choice": "choice", "guided_grammar": "grammar"}
         asked = {"response_format": self._response_format(), "structured_outputs": self.structured_outputs,
-                 "guided_json": self.guided_json and {"json": self.guided_json},
-                 "guided_regex": self.guided_regex and {"regex": self.guided_regex},
-                 "guided_choice": self.guided_choice and {"choice": self.guided_choice},
-                 "guided_grammar": self.guided_grammar and {"grammar": self.guided_grammar}}
-        asked = {name: spec for name, spec in asked.items() if spec}
+                 **{name: {key: getattr(self, name)} for name, key in guided.items()
+                    if getattr(self, name) is not None}}
+        asked = {name: spec for name, spec in asked.items() if spec is not None}
         if len(asked) > 1:
             raise ArgumentError(f"only one of {', '.join(asked)} may constrain the reply", param=list(asked)[1])
         if not asked:
