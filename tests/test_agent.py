@@ -109,6 +109,16 @@ def test_a_named_tool_choice_returns_arguments_that_validate(client):
     assert json.loads(calls[0]["arguments"]) == json.loads(call.function.arguments)
 
 
+def test_the_seed_client_api_passes_tools(client):
+    from swiftcli.llm import inference_client
+
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    reply = inference_client(BASE, "What is the weather in Paris?", tools=TOOLS, tool_choice=named,
+                             url=str(client.base_url))
+    (call,) = reply.choices[0].message.tool_calls
+    jsonschema.validate(json.loads(call.function.arguments), WEATHER)
+
+
 def test_required_tool_choice_calls_one_of_the_tools(client):
     reply = chat(client, tools=TOOLS, tool_choice="required", parallel_tool_calls=False, max_tokens=128)
     (call,) = reply.choices[0].message.tool_calls
@@ -277,7 +287,8 @@ def test_the_repl_dims_the_reasoning_and_keeps_the_answer(thinker, tmp_path):
     assert "\033[2mThink\033[0m\nParis" in out.getvalue()
     from swiftcli.dataset import Row
 
-    rows = [Row("x:0", [{"role": "user", "content": "What is the capital?"}, {"role": "assistant", "content": "Paris"}])]
+    rows = [Row("x:0", [{"role": "user", "content": "What is the capital?"},
+                        {"role": "assistant", "content": "Paris"}])]
     evaluate(thinker, InferArguments(infer_backend="pt"), rows, str(tmp_path / "r.jsonl"))
     line = json.loads((tmp_path / "r.jsonl").read_text())
     assert (line["reasoning"], line["response"]) == ("Think", "Paris")

@@ -68,8 +68,12 @@ def _is_chat(models: list[Model], model_type: str) -> bool:
 
 
 def _create_kwargs(model_type: str, query: str, history: History | None, system: str | None,
-                   config: XRequestConfig, is_chat: bool) -> dict[str, Any]:
+                   config: XRequestConfig, is_chat: bool, tools: list[dict[str, Any]] | None = None,
+                   tool_choice: Any = None) -> dict[str, Any]:
     kwargs: dict[str, Any] = dict(model=model_type, stream=config.stream, extra_body=config.body(is_chat))
+    if (tools or tool_choice) and not is_chat:
+        raise ValueError("tools need a chat model")
+    kwargs.update({k: v for k, v in (("tools", tools), ("tool_choice", tool_choice)) if v is not None})
     if is_chat:
         kwargs["messages"] = to_messages(query, history, system)
     elif history or system is not None:
@@ -82,18 +86,19 @@ def _create_kwargs(model_type: str, query: str, history: History | None, system:
 def inference_client(model_type: str, query: str, history: History | None = None, system: str | None = None, *,
                      request_config: XRequestConfig | None = None, is_chat_request: bool | None = None,
                      host: str = "127.0.0.1", port: int | str = 8000, url: str | None = None,
-                     api_key: str = "EMPTY"
+                     api_key: str = "EMPTY", tools: list[dict[str, Any]] | None = None, tool_choice: Any = None
                      ) -> ChatCompletion | Completion | Stream[ChatCompletionChunk] | Stream[Completion]:
     """One query (with the seed's history of [query, response] pairs) to a `swift deploy` server.
 
-    Chat or completion is decided by the server's /v1/models unless `is_chat_request` says.
+    Chat or completion is decided by the server's /v1/models unless `is_chat_request` says. `tools` and
+    `tool_choice` are OpenAI's (the reply's `message.tool_calls`).
     """
     config = request_config or XRequestConfig()
     client = OpenAI(**_client_kwargs(host, port, url, api_key))
     if is_chat_request is None:
         is_chat_request = _is_chat(client.models.list().data, model_type)
     create = client.chat.completions.create if is_chat_request else client.completions.create
-    kwargs = _create_kwargs(model_type, query, history, system, config, is_chat_request)
+    kwargs = _create_kwargs(model_type, query, history, system, config, is_chat_request, tools, tool_choice)
     if config.stream:
         return create(**kwargs)  # the stream holds the client and closes its response when done
     with client:
@@ -103,7 +108,8 @@ def inference_client(model_type: str, query: str, history: History | None = None
 async def inference_client_async(model_type: str, query: str, history: History | None = None,
                                  system: str | None = None, *, request_config: XRequestConfig | None = None,
                                  is_chat_request: bool | None = None, host: str = "127.0.0.1",
-                                 port: int | str = 8000, url: str | None = None, api_key: str = "EMPTY"
+                                 port: int | str = 8000, url: str | None = None, api_key: str = "EMPTY",
+                                 tools: list[dict[str, Any]] | None = None, tool_choice: Any = None
                                  ) -> ChatCompletion | Completion | AsyncStream[Any]:
     """`inference_client` for asyncio: a response, or with `stream=True` an async iterator of chunks."""
     config = request_config or XRequestConfig()
@@ -111,7 +117,7 @@ async def inference_client_async(model_type: str, query: str, history: History |
     if is_chat_request is None:
         is_chat_request = _is_chat((await client.models.list()).data, model_type)
     create = client.chat.completions.create if is_chat_request else client.completions.create
-    kwargs = _create_kwargs(model_type, query, history, system, config, is_chat_request)
+    kwargs = _create_kwargs(model_type, query, history, system, config, is_chat_request, tools, tool_choice)
     if config.stream:
         return await create(**kwargs)
     async with client:
