@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator
 
 import jsonschema
@@ -67,6 +68,17 @@ def test_json_object_is_a_json_object_streamed_and_not(client):
         for c in chunk.choices:
             texts[c.index] += c.delta.content or ""
     assert all(isinstance(json.loads(text), dict) for text in texts)
+
+
+def test_structured_output_on_a_lora_adapter(client):
+    """The grammar constrains the adapter's logits as it does the base model's."""
+    ask = [{"role": "user", "content": 'Give the capital of France as a JSON object with the key "capital".'}]
+    word = client.chat.completions.create(model="my_lora", messages=ask, max_tokens=16, temperature=0,
+                                          extra_body={"guided_regex": "[A-Z][a-z]{2,10}"})
+    assert re.fullmatch("[A-Z][a-z]{2,10}", word.choices[0].message.content)
+    pick = client.chat.completions.create(model="my_lora", messages=ask, max_tokens=8, temperature=0,
+                                          extra_body={"guided_choice": ["Paris", "Rome"]})
+    assert pick.choices[0].message.content in ("Paris", "Rome")
 
 
 def test_vllm_extensions_regex_and_choice(client):
