@@ -304,3 +304,17 @@ def test_the_repl_dims_the_reasoning_and_keeps_the_answer(thinker, tmp_path):
     evaluate(thinker, InferArguments(infer_backend="pt"), rows, str(tmp_path / "r.jsonl"))
     line = json.loads((tmp_path / "r.jsonl").read_text())
     assert (line["reasoning"], line["response"]) == ("Think", "Paris")
+
+
+def test_app_ui_shows_the_thinking_apart_and_does_not_send_it_back(thinker):
+    from swiftcli.app_ui.app import chat_messages, chat_reply
+    from swiftcli.protocol import InferRequest, RequestConfig
+
+    text = thinker.infer([InferRequest(messages=ASK)], RequestConfig(max_tokens=10, temperature=0))[0].text
+    thinking, answer = chat_reply(thinker.template.reasoning_parser, text)
+    assert (thinking.content, thinking.metadata["title"], answer.content) == ("Think", "Thinking", "Paris")
+    history = [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "Think", "metadata": {
+        "title": "Thinking"}}, {"role": "assistant", "content": "Paris", "metadata": None}]
+    assert chat_messages("Next?", history, "") == [{"role": "user", "content": "Q"},
+                                                   {"role": "assistant", "content": "Paris"},
+                                                   {"role": "user", "content": "Next?"}]

@@ -18,6 +18,7 @@ from ..arguments import AppUIArguments, is_loopback
 from ..engine.base import InferEngine
 from ..errors import SwiftError
 from ..protocol import InferRequest, Messages, RequestConfig, content_text
+from ..reasoning import split_reasoning
 from ..request_config import ui_fields
 
 try:
@@ -102,12 +103,12 @@ def chat_view(engine: InferEngine, adapter: gr.Dropdown, settings: list[gr.Compo
     """Settings on the left, the chat on the right: ChatInterface uses the controls where they are rendered."""
 
     async def chat(message: str, history: list[dict[str, Any]], system_prompt: str, adapter_name: str,
-                   *values: Any) -> AsyncIterator[str]:
+                   *values: Any) -> AsyncIterator[str | list[gr.ChatMessage]]:
         def request() -> InferRequest:
             return InferRequest(messages=chat_messages(message, history, system_prompt), adapter=adapter_name or None)
 
         async for text in stream_text(engine, request, values):
-            yield text
+            yield chat_reply(engine.template.reasoning_parser, text)
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=300):
@@ -175,12 +176,25 @@ def request_config(max_new_tokens: float, *values: Any) -> RequestConfig:
     return RequestConfig(max_tokens=int(max_new_tokens), seed=None if seed is None or seed < 0 else int(seed), **chosen)
 
 
+def chat_reply(reasoning_parser: str | None, text: str) -> str | list[gr.ChatMessage]:
+    """The reply so far as the chat shows it: a reasoning model's thinking in a collapsible "Thinking" message of
+    its own (gradio's metadata title), then the answer."""
+    reasoning, content = split_reasoning(reasoning_parser, text)
+    if reasoning is None:
+        return text
+    return [gr.ChatMessage(role="assistant", content=reasoning, metadata={"title": "Thinking"}),
+            gr.ChatMessage(role="assistant", content=content)]
+
+
 def chat_messages(message: str, history: list[dict[str, Any]], system: str) -> Messages:
     """Gradio's history as alternating user/assistant turns. A query stopped (or failed) before its first token
-    has no reply: it is left out, since the templates need the turns to alternate."""
+    has no reply: it is left out, since the templates need the turns to alternate. Thinking shown by `chat_reply`
+    is not sent back (chat templates keep only the answer)."""
     messages: Messages = [{"role": "system", "content": system}] if system.strip() else []
     query = None
     for m in history:
+        if (m.get("metadata") or {}).get("title"):
+            continue
         if m["role"] == "user":
             query = content_text(m["content"])
         elif m["role"] == "assistant" and query is not None:
