@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import jsonschema
 import pytest
-from conftest import serve_in_thread
+from conftest import serve_in_thread, start_swift
 from families import save_chain
 from openai import BadRequestError, OpenAI
 from pydantic import BaseModel
@@ -260,33 +260,57 @@ def test_tool_call_parsers_read_each_format_and_leave_malformed_text_alone(parse
 
 # ---- reasoning models ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def thinker(families, tmp_path_factory):
+def thinker_dir(families, tmp_path_factory) -> str:
     """A Qwen3-shaped checkpoint whose greedy reply is `<think>Think</think>Paris` after the generation prompt, and
     `Paris` alone after the prompt of `enable_thinking: false` (which ends with the empty think block's `\\n\\n`)."""
-    model_dir = save_chain(families("qwen3"), {"Ċ": "<think>", "<think>": "Think", "Think": "</think>",
-                                               "</think>": "Paris", "ĊĊ": "Paris", "Paris": "<|im_end|>"},
-                           tmp_path_factory.mktemp("thinker"))
-    return get_engine(InferArguments(model_id_or_path=model_dir, infer_backend="pt"))
+    return save_chain(families("qwen3"), {"Ċ": "<think>", "<think>": "Think", "Think": "</think>",
+                                          "</think>": "Paris", "ĊĊ": "Paris", "Paris": "<|im_end|>"},
+                      tmp_path_factory.mktemp("thinker"))
 
 
-def test_reasoning_content_is_split_from_the_answer(thinker):
-    assert thinker.template.reasoning_parser == "qwen3"
-    with serve_in_thread(thinker) as url:
-        client = OpenAI(base_url=url, api_key="EMPTY", max_retries=0)
-        model = client.models.list().data[0].id
-        reply = client.chat.completions.create(model=model, messages=ASK, max_tokens=10, temperature=0)
-        message = reply.choices[0].message
-        assert (message.reasoning_content, message.content) == ("Think", "Paris")
-        reasoning, content = "", ""
-        for chunk in client.chat.completions.create(model=model, messages=ASK, max_tokens=10, temperature=0,
-                                                    stream=True):
-            for c in chunk.choices:
-                reasoning += getattr(c.delta, "reasoning_content", None) or ""
-                content += c.delta.content or ""
-        assert (reasoning, content) == ("Think", "Paris")
-        plain = client.chat.completions.create(model=model, messages=ASK, max_tokens=10, temperature=0,
-                                               extra_body={"chat_template_kwargs": {"enable_thinking": False}})
-        assert (plain.choices[0].message.reasoning_content, plain.choices[0].message.content) == (None, "Paris")
+@pytest.fixture(scope="module")
+def thinker(thinker_dir):
+    return get_engine(InferArguments(model_id_or_path=thinker_dir, infer_backend="pt"))
+
+
+@pytest.fixture(params=["pt", pytest.param("vllm", marks=pytest.mark.vllm)])
+def thinker_client(request, tmp_path) -> Iterator[OpenAI]:
+    """The thinker behind `swift deploy`: pt in this process, vLLM as the user starts it."""
+    if request.param == "pt":
+        engine = request.getfixturevalue("thinker")
+        assert engine.template.reasoning_parser == "qwen3"
+        with serve_in_thread(engine) as url:
+            yield OpenAI(base_url=url, api_key="EMPTY", max_retries=0)
+        return
+    server = start_swift(tmp_path, "thinker-vllm", "deploy", "--model_id_or_path", request.getfixturevalue(
+        "thinker_dir"), "--infer_backend", "vllm", "--enforce_eager", "true", "--max_model_len", "1024")
+    try:
+        server.wait_ready(600)
+        yield server.client()
+    finally:
+        server.stop(120)
+
+
+def test_reasoning_content_is_split_from_the_answer(thinker_client):
+    """reasoning_content apart from content, whole and streamed, on both backends; enable_thinking false per
+    request (chat_template_kwargs) leaves no reasoning."""
+    client = thinker_client
+    model = client.models.list().data[0].id
+    reply = client.chat.completions.create(model=model, messages=ASK, max_tokens=10, temperature=0)
+    message = reply.choices[0].message
+    assert (message.reasoning_content, message.content) == ("Think", "Paris")
+    reasoning, content = "", ""
+    for chunk in client.chat.completions.create(model=model, messages=ASK, max_tokens=10, temperature=0,
+                                                stream=True):
+        for c in chunk.choices:
+            reasoning += getattr(c.delta, "reasoning_content", None) or ""
+            content += c.delta.content or ""
+    assert (reasoning, content) == ("Think", "Paris")
+    plain = client.chat.completions.create(model=model, messages=ASK, max_tokens=10, temperature=0,
+                                           extra_body={"chat_template_kwargs": {"enable_thinking": False}})
+    assert (plain.choices[0].message.reasoning_content, plain.choices[0].message.content) == (None, "Paris")
+
+
 
 
 def test_the_repl_dims_the_reasoning_and_keeps_the_answer(thinker, tmp_path):
