@@ -83,6 +83,19 @@ def _source_docs(klass: type) -> dict[str, str]:
     return docs
 
 
+def json_object_flag(flag: str, text: str | None) -> dict[str, Any]:
+    """A flag whose value is a JSON object (`--vllm_engine_kwargs`, `--chat_template_kwargs`); {} when unset."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise ArgumentError(f"--{flag} is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise ArgumentError(f"--{flag} must be a JSON object, got {text!r}")
+    return value
+
+
 def load_config_file(path: str) -> dict[str, Any]:
     """A JSON or YAML file of arguments (`--config args.yaml`)."""
     if not os.path.isfile(path):

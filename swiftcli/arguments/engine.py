@@ -2,16 +2,14 @@
 model + template + generation + engine. `swift infer`, `deploy` and `app-ui` build on EngineSetup."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from typing import Any
 
 from ..checkpoint import check_adapter_dir
 from ..errors import ArgumentError
 from ..reasoning import PARSERS as REASONING_PARSERS
 from ..tools import PARSERS as TOOL_PARSERS
-from .base import Arguments, check_choices, check_ranges
+from .base import Arguments, check_choices, check_ranges, json_object_flag
 from .generation import GenerationArguments
 from .model import ModelArguments, TemplateArguments
 
@@ -82,18 +80,7 @@ class ReplyArguments(Arguments):
         super().__post_init__()
         check_choices(self, {"reasoning_parser": ("AUTO", "none", *REASONING_PARSERS),
                              "tool_call_parser": ("AUTO", *TOOL_PARSERS)})
-        self.template_kwargs = self._template_kwargs()
-
-    def _template_kwargs(self) -> dict[str, Any]:
-        if not self.chat_template_kwargs:
-            return {}
-        try:
-            kwargs = json.loads(self.chat_template_kwargs)
-        except ValueError as e:
-            raise ArgumentError(f"--chat_template_kwargs is not valid JSON: {e}") from None
-        if not isinstance(kwargs, dict):
-            raise ArgumentError(f"--chat_template_kwargs must be a JSON object, got {self.chat_template_kwargs!r}")
-        return kwargs
+        self.template_kwargs = json_object_flag("chat_template_kwargs", self.chat_template_kwargs)
 
 
 @dataclass

@@ -2,7 +2,6 @@
 The one place where our names meet vLLM's (imported by vllm_engine.py, which sets vLLM's logging up first)."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, get_args
 
@@ -14,6 +13,7 @@ from vllm.platforms import current_platform
 from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
 from ..arguments import EngineSetup
+from ..arguments.base import json_object_flag
 from ..checkpoint import adapter_rank
 from ..errors import ArgumentError
 from ..registry import ModelMeta
@@ -58,15 +58,7 @@ def text_stop_words(template: Template) -> list[str]:
 
 
 def parse_engine_kwargs(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        kwargs = json.loads(text)
-    except ValueError as e:
-        raise ArgumentError(f"--vllm_engine_kwargs is not valid JSON: {e}") from None
-    if not isinstance(kwargs, dict):
-        raise ArgumentError(f"--vllm_engine_kwargs must be a JSON object, got {text!r}")
-    return kwargs
+    return json_object_flag("vllm_engine_kwargs", text)
 
 
 def lora_requests(adapters: dict[str, str], max_lora_rank: int) -> dict[str, LoRARequest]:
