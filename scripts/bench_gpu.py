@@ -4,8 +4,9 @@
 
 Side by side in one run: the pt engine's eager decode loop (`eager`, `--enforce_eager true`), its static-KV-cache
 decode step replayed from CUDA graphs (`graphs`, `--torch_compile false`), the same step compiled with torch.compile
-before capture (`compiled`, the default on CUDA), and HF `generate`. `--profile` prints the kernels of the compiled
-batch-1 step.
+before capture (`compiled`, the default on CUDA: its batch-1 step is our Triton kernels), the same with batch 1
+compiled too (`inductor`), and HF `generate`. `--profile` prints the kernels of the batch-1 step; `--kernels` first
+times each batch-1 kernel alone (cuBLAS, SDPA, our Triton ones at several block sizes, with and without PDL).
 The model is built from a config with random bf16 weights (speed does not depend on the values). Its vocabulary is
 the tokenizer's, so generated ids always decode. MBU = bytes read per decode step (weights + KV cache) x steps/s
 divided by the card's measured device-to-device copy bandwidth. `--check` first compares, in fp32, greedy tokens of
@@ -32,7 +33,10 @@ from bench_results import write_results  # noqa: E402  (scripts/ is sys.path[0])
 
 DEVICE = "cuda"  # scripts may point this elsewhere for a dry run of the script itself
 VARIANTS = {"eager": {"static_decode": False}, "graphs": {"static_decode": True, "compile": False},
-            "compiled": {"static_decode": True, "compile": True}}
+            "compiled": {"static_decode": True, "compile": True},
+            "inductor": {"static_decode": True, "compile": True, "fused": False, "batch32": False}}
+"""compiled: the default on CUDA (batch 1 in our Triton kernels, other batches compiled); inductor: batch 1 compiled
+too (the 2026-11-29 code's default)."""
 CONFIGS = {  # Qwen2.5 shapes (vocabulary replaced by the tokenizer's)
     "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
                          num_key_value_heads=2, tie_word_embeddings=True),
@@ -73,8 +77,14 @@ def make_engine(model, tokenizer, config_name: str, **kwargs):
     from swiftcli.template import get_template
 
     info = EngineInfo(config_name, "", "pt", str(model.dtype).removeprefix("torch."), 4096)
-    return PtEngine(model, get_template("chatml", tokenizer), info, RequestConfig(temperature=0), max_batch_size=64,
-                    **kwargs)
+    fused = kwargs.pop("fused", None)
+    engine = PtEngine(model, get_template("chatml", tokenizer), info, RequestConfig(temperature=0), max_batch_size=64,
+                      **kwargs)
+    if fused is not None and engine.static is not None:
+        engine.static.fused = fused
+    if engine.static is not None and engine.static.fused:
+        engine.info.details["decode"] += ", Triton batch 1"
+    return engine
 
 
 def generate(engine, queries: list[str], max_tokens: list[int], stagger: float = 0.0) -> list[list[int]]:
@@ -282,6 +292,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="kernel times of the compiled batch-1 step")
     parser.add_argument("--tag", default="", help="results file name: bench_gpu-<tag>-<time>.json")
     parser.add_argument("--batch32", default="1", help="0: skip the batch-32 runs")
+    parser.add_argument("--kernels", action="store_true",
+                        help="first time the batch-1 kernels alone (cuBLAS, SDPA, our Triton ones at several block "
+                             "sizes) and use the fastest blocks; --variants none: only that")
     args = parser.parse_args()
     from transformers import AutoTokenizer
 
@@ -291,6 +304,11 @@ def main() -> None:
     import transformers
 
     result["transformers"] = transformers.__version__
+    if args.kernels:
+        result["kernels"] = kernel_bench(args.config)
+        if args.variants == "none":
+            write_results("bench_gpu" + (f"-{args.tag}" if args.tag else ""), result)
+            return
     if args.check:
         result["check"] = check(args.config, tokenizer)
     bandwidth = copy_bandwidth()
@@ -300,12 +318,18 @@ def main() -> None:
     kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * (cfg.hidden_size // cfg.num_attention_heads) * 2
     step_bytes = weight_bytes + kv_per_token * (30 + args.new_tokens / 2)  # batch 1, average context
     result.update(weights_gb=weight_bytes / 1e9, copy_bandwidth_tb_s=bandwidth / 1e12)
+    if args.kernels:
+        from swiftcli.engine import fused_layer
+
+        result["gemv_blocks"] = {str(k): v for k, v in fused_layer.GEMV_BLOCKS.items()}
     hf1, hf32 = run_hf(model, tokenizer, 1, args.new_tokens), run_hf(model, tokenizer, 32, args.new_tokens)
     hf = {"batch1_tok_s": hf1, "batch1_mbu": step_bytes * hf1 / bandwidth, "batch32_tok_s": hf32}
     print("hf_generate", json.dumps(hf), flush=True)
     rows, engines = {}, {}
     for name in args.variants.split(","):
-        engine = engines[name] = make_engine(model, tokenizer, args.config, **VARIANTS[name])
+        kwargs = dict(VARIANTS[name])
+        batch32 = kwargs.pop("batch32", True) and args.batch32 != "0"  # inductor: batch 32 runs as in compiled
+        engine = engines[name] = make_engine(model, tokenizer, args.config, **kwargs)
         try:
             b1, warm1 = run_engine(engine, 1, args.new_tokens)
             row = {"decode": engine.info.details["decode"], "batch1_tok_s": b1,
@@ -318,7 +342,7 @@ def main() -> None:
                 engine.decode_steps = 1  # the host looks at every token
                 row["batch1_one_step_tok_s"] = run_engine(engine, 1, args.new_tokens)[0]
                 engine.decode_steps = 8
-            if args.batch32 != "0":
+            if batch32:
                 row["batch32_tok_s"], row["batch32_warmup_s"] = run_engine(engine, 32, args.new_tokens)
             if engine.static is not None:
                 row["speculative_windows_taken"] = engine.static.taken
@@ -341,6 +365,164 @@ def main() -> None:
     print(f"{'b32 vs HF':<12}" + "".join(f"{r['batch32_tok_s'] / hf32:>13.2f}x" if "batch32_tok_s" in r else
                                         f"{'-':>14}" for r in rows.values()))
     write_results("bench_gpu" + (f"-{args.tag}" if args.tag else ""), result)
+
+
+GEMV_SWEEP = [(2, 512, 4), (4, 256, 4), (4, 512, 4), (8, 256, 4), (16, 256, 4), (2, 1024, 4), (4, 1024, 4),
+              (2, 2048, 4), (4, 2048, 8)]
+"""(rows per program, columns per step, warps) tried by --kernels."""
+
+
+def graph_us(fn, replays: int = 20) -> float:
+    """Microseconds per call of fn, captured once in a CUDA graph and replayed (so launch gaps count as in the step)."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) * 1e3 / replays
+
+
+@torch.inference_mode()
+def kernel_bench(config_name: str) -> dict:
+    """Batch-1 kernels of the config's shape, each run over every layer's own weights (28 layers: no L2 reuse) and
+    timed per step in a CUDA graph: cuBLAS (F.linear), our Triton gemv at each GEMV_SWEEP block size, and the
+    attention as the compiled step's two products, as SDPA, and as our kernel, at 30 and 200 filled positions.
+    Sets fused_layer.GEMV_BLOCKS to the fastest blocks for the rest of the run."""
+    import torch.nn.functional as F
+
+    from swiftcli.engine import fused_layer
+    from swiftcli.engine.fused_layer import LayerShape, decode_attention, gemv
+
+    cfg, dtype = CONFIGS[config_name], torch.bfloat16
+    hidden, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    dim, vocab = hidden // heads, 49152
+    torch.manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, device=DEVICE, dtype=dtype) * 0.02
+
+    qkv_n = (heads + 2 * kv_heads) * dim
+    w = [dict(qkv=randn(qkv_n, hidden), qkv_bias=randn(qkv_n), o=randn(hidden, hidden),
+              gate_up=randn(2 * inter, hidden), down=randn(hidden, inter), norm=1 + randn(hidden))
+         for _ in range(layers)]
+    lm_head = randn(vocab, hidden)
+    x, xi, xq = randn(1, hidden), randn(1, inter), randn(1, qkv_n)
+    out: dict = {"layers": layers, "gemv": {}, "cublas": {}, "attention": {}}
+    total_bytes = {"qkv": qkv_n * hidden * 2 * layers, "o": hidden * hidden * 2 * layers,
+                   "gate_up": 2 * inter * hidden * 2 * layers, "down": hidden * inter * 2 * layers,
+                   "lm_head": vocab * hidden * 2}
+    cublas = {
+        "qkv": lambda: [F.linear(x, l["qkv"], l["qkv_bias"]) for l in w],
+        "o": lambda: [x + F.linear(x, l["o"]) for l in w],
+        "gate_up": lambda: [F.linear(x, l["gate_up"]) for l in w],
+        "gate_up+act": lambda: [(lambda g: F.silu(g[:, :inter]) * g[:, inter:])(F.linear(x, l["gate_up"])) for l in w],
+        "down": lambda: [x + F.linear(xi, l["down"]) for l in w],
+        "lm_head": lambda: F.linear(x, lm_head),
+    }
+    for name, fn in cublas.items():
+        us = graph_us(fn)
+        gb = total_bytes[name.split("+")[0]]
+        out["cublas"][name] = {"us": us, "tb_s": gb / us / 1e6}
+        print(f"kernels cublas {name:<12} {us:8.1f} us/step  {gb / us / 1e6:5.2f} TB/s", flush=True)
+    ours = {
+        "qkv": (lambda: [gemv(x, l["qkv"], l["qkv_bias"], norm=l["norm"], eps=1e-6) for l in w], (qkv_n, hidden)),
+        "o": (lambda: [gemv(x, l["o"], residual=x) for l in w], (hidden, hidden)),
+        "gate_up": (lambda: [gemv(x, l["gate_up"], norm=l["norm"], eps=1e-6, glu=True) for l in w], (inter, hidden)),
+        "down": (lambda: [gemv(xi, l["down"], residual=x) for l in w], (hidden, inter)),
+        "lm_head": (lambda: gemv(x, lm_head, norm=w[0]["norm"], eps=1e-6), (vocab, hidden)),
+    }
+    for name, (fn, key) in ours.items():
+        times = {}
+        for blocks in GEMV_SWEEP:
+            fused_layer.GEMV_BLOCKS[key] = blocks
+            try:
+                times[blocks] = graph_us(fn)
+            except Exception as e:  # noqa: BLE001
+                print(f"kernels gemv {name} {blocks}: {type(e).__name__}: {e}"[:300], flush=True)
+        if not times:
+            fused_layer.GEMV_BLOCKS.pop(key, None)
+            continue
+        best = min(times, key=times.get)
+        fused_layer.GEMV_BLOCKS[key] = best
+        gb = total_bytes[name]
+        out["gemv"][name] = {"shape": key, "best": best, "us": times[best], "tb_s": gb / times[best] / 1e6,
+                             "all": {str(b): t for b, t in times.items()}}
+        print(f"kernels gemv   {name:<12} {times[best]:8.1f} us/step  {gb / times[best] / 1e6:5.2f} TB/s  best "
+              f"{best}; " + ", ".join(f"{b}: {t:.0f}" for b, t in times.items()), flush=True)
+    # attention: q/k/v of one row, the cache of 256 positions ([slots, kv_heads, length, dim]) per layer
+    shape = LayerShape(heads, kv_heads, dim, 1e-6, 1e-6, dim ** -0.5, None)
+    keys = [randn(2, kv_heads, 256, dim) for _ in range(layers)]
+    values = [randn(2, kv_heads, 256, dim) for _ in range(layers)]
+    rows, cos, sin = torch.zeros(1, dtype=torch.long, device=DEVICE), randn(1, 1, dim), randn(1, 1, dim)
+    for filled in (30, 200):
+        positions = torch.full((1,), filled, dtype=torch.long, device=DEVICE)
+        mask = (torch.arange(256, device=DEVICE)[None, :] <= positions[:, None])[:, None, None, :]
+        q = xq[:, :heads * dim].view(1, kv_heads, heads // kv_heads, dim)
+
+        def two_products():
+            for k, v in zip(keys, values):
+                scores = torch.matmul(q, k[:1].transpose(-1, -2)).float() * shape.scaling
+                probs = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(v.dtype)
+                torch.matmul(probs, v[:1])
+
+        def sdpa():
+            for k, v in zip(keys, values):
+                F.scaled_dot_product_attention(q.view(1, heads, 1, dim), k[:1], v[:1], attn_mask=mask,
+                                               scale=shape.scaling, enable_gqa=True)
+
+        def triton_kernel():
+            for k, v in zip(keys, values):
+                decode_attention(shape, xq, cos, sin, rows, positions, k, v, None, None)
+
+        row = {}
+        for name, fn in (("two_products_eager", two_products), ("sdpa", sdpa), ("triton", triton_kernel)):
+            try:
+                row[name] = graph_us(fn)
+            except Exception as e:  # noqa: BLE001
+                row[name] = f"{type(e).__name__}: {e}"[:300]
+        default = fused_layer.ATTENTION_BLOCK
+        for block in ((32, 4), (64, 4), (64, 8), (128, 4), (128, 8)):
+            fused_layer.ATTENTION_BLOCK = block
+            try:
+                row[f"triton {block}"] = graph_us(triton_kernel)
+            except Exception as e:  # noqa: BLE001
+                row[f"triton {block}"] = f"{type(e).__name__}: {e}"[:300]
+        fused_layer.ATTENTION_BLOCK = default
+        out["attention"][filled] = row
+        print(f"kernels attention, {filled} filled of 256, us/step: "
+              + ", ".join(f"{k}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()), flush=True)
+    # the whole layer (5 kernels) x layers, with and without programmatic dependent launch, 100 positions filled
+    from swiftcli.engine.fused_layer import LayerWeights, fused_decoder_layer
+
+    weights = [LayerWeights(l["norm"], l["qkv"], l["qkv_bias"], None, None, l["o"], None, l["norm"], l["gate_up"], None,
+                            l["down"], None) for l in w]
+    positions = torch.full((1,), 100, dtype=torch.long, device=DEVICE)
+
+    def chain():
+        h = x
+        for weight, k, v in zip(weights, keys, values):
+            h = fused_decoder_layer(shape, h, cos, sin, rows, positions, k, v, weight)
+
+    pdl = fused_layer.PDL
+    for on in ((True, False) if pdl else (False,)):
+        fused_layer.PDL = on
+        try:
+            out[f"layers_pdl_{on}"] = graph_us(chain)
+        except Exception as e:  # noqa: BLE001
+            out[f"layers_pdl_{on}"] = f"{type(e).__name__}: {e}"[:300]
+        print(f"kernels {layers} layers (5 kernels each), PDL {on}: {out[f'layers_pdl_{on}']} us/step", flush=True)
+    fused_layer.PDL = pdl
+    del w, lm_head, keys, values, weights
+    torch.cuda.empty_cache()
+    return out
 
 
 @torch.inference_mode()

@@ -158,3 +158,43 @@ def test_banner_says_what_decodes(model_dir):
     static = engine(static_decode=True)
     assert static.info.details["decode"] == "static KV cache" and not static.static.compiled
     assert engine(static_decode=True, compile=True).info.details["decode"] == "static KV cache, torch.compile"
+
+
+
+def check_triton_batch1_step(model_type: str) -> None:
+    """fused_decoder_layer (gemv with norm/bias/residual/SiLU fused, decode attention writing the cache and reading
+    the filled positions) gives the model's own logits, and greedy windows give a cache-free loop's tokens. Small
+    blocks, so that every loop takes several steps and the last block of rows/columns/positions is partly masked."""
+    from swiftcli.engine import fused_layer
+    from swiftcli.engine.static_decode import StaticDecoder
+
+    fused_layer.gemv_blocks = lambda n, k: (64, 32 if k == 64 else 64, 4)
+    fused_layer.ATTENTION_BLOCK = (4, 4)
+    model = tiny_model(model_type, seed=3)
+    prompt = [5, 17, 3, 9, 44, 2, 61, 8, 70, 12]
+    decoder = StaticDecoder(model, fused=True)
+    assert decoder.fused
+    first = prefill(model, decoder, [prompt])[0]
+    with torch.inference_mode():
+        logits = decoder.forward([first], [len(prompt)])
+        want = model(input_ids=torch.tensor([prompt + [first]])).logits[0, -1]
+        torch.testing.assert_close(logits[0], want, rtol=1e-4, atol=1e-4)
+        second = int(logits[0].argmax())
+        got = decoder.greedy([second], [len(prompt) + 1], 6)[0]
+    assert [first, second] + got == reference_greedy(model, prompt, 8)
+
+
+def test_triton_batch1_step_equals_the_models_forward():
+    """check_triton_batch1_step for every architecture, the kernels run by Triton's interpreter (numpy, on CPU) in a
+    process of its own: TRITON_INTERPRET must be set before triton is first imported."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.path.insert(0, 'tests'); import test_static_decode as t\n"
+            f"for arch in {list(ARCHS)!r}: t.check_triton_batch1_step(arch); print(arch, 'ok')")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "TRITON_INTERPRET": "1"})
+    assert run.returncode == 0, run.stdout + run.stderr[-4000:]

@@ -13,7 +13,9 @@ model's own weights: q/k/v and gate/up are concatenated once, at load, into one 
 become views of them, so memory does not grow and the eager prefill reads the same values). With torch.compile one
 decoder layer is compiled and called for every layer (regional compilation: seconds instead of a minute), and a
 batch of one runs in a bucket of its own, where inductor turns every matrix-vector product into a bandwidth-tuned
-Triton reduction with the norm, bias, activation and residual fused in (gpt-fast's recipe).
+Triton reduction with the norm, bias, activation and residual fused in (gpt-fast's recipe). With torch.compile on
+CUDA, the batch-1 step runs our own Triton kernels instead (fused_layer.fused_decoder_layer: five a layer, the
+attention reading only the filled positions); batches of more rows keep the compiled step.
 """
 from __future__ import annotations
 
@@ -25,7 +27,8 @@ from typing import Any
 import torch
 
 from ..registry import STATIC_DECODE_MODEL_TYPES
-from .fused_layer import LayerShape, decoder_layer, down_projection, layer_weights, linear
+from .fused_layer import (LayerShape, decoder_layer, down_projection, fused_decoder_layer, fused_supported, gemv,
+                          layer_weights, linear)
 
 logger = logging.getLogger("swiftcli")
 
@@ -58,7 +61,8 @@ def _bucket(n: int, minimum: int) -> int:
 class StaticDecoder:
     """Slots of KV cache for the running rows (row i of the engine's batch is slot i) and the decode step over them."""
 
-    def __init__(self, model: Any, cuda_graphs: bool | None = None, compile: bool = False):
+    def __init__(self, model: Any, cuda_graphs: bool | None = None, compile: bool = False, fused: bool | None = None):
+        """fused: the batch-1 step in Triton kernels (default: on CUDA with compile, where the model allows)."""
         self.model = model
         config = model.config
         parameter = next(model.parameters())
@@ -77,6 +81,11 @@ class StaticDecoder:
         self.lm_head = model.get_output_embeddings()
         self.cuda_graphs = self.device.type == "cuda" if cuda_graphs is None else cuda_graphs
         self.compiled = compile
+        if fused is None:
+            fused = compile and self.device.type == "cuda" and fused_supported(self.shape, config) is None
+        elif fused and (reason := fused_supported(self.shape, config)) is not None:
+            raise ValueError(f"no Triton batch-1 step: {reason}")
+        self.fused = fused
         self.speculate = self.device.type == "cuda"
         """greedy(): queue the next window of steps before the host looks at this one (the GPU runs it while the host
         reports tokens); wasted when the rows change. Off on CPU, where nothing runs behind the host's back."""
@@ -155,6 +164,14 @@ class StaticDecoder:
         ids, positions, rows = self.ids[:batch], self.positions[:batch], self.rows[:batch]
         x = self.embed(ids)
         cos, sin = self.rotary(x[:, None], positions[:, None])  # [B, 1, D]
+        if batch == 1 and self.fused:
+            for weights, keys, values in zip(self.layers, self.keys, self.values):
+                x = fused_decoder_layer(self.shape, x, cos, sin, rows, positions, keys, values, weights)
+            logits = gemv(x, self.lm_head.weight, self.lm_head.bias, norm=self.norm.weight,
+                          eps=self.norm.variance_epsilon)
+            ids.copy_(logits.argmax(dim=-1))
+            positions.add_(1)
+            return logits
         mask = (self.columns[None, :length] <= positions[:, None])[:, None, None, :]
         if self.compiled:  # one compilation for batch 1 (matrix-vector products) and one for every other bucket
             for t in (x, cos, sin, rows, positions, mask) if batch > 1 else ():
@@ -216,16 +233,13 @@ class StaticDecoder:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            try:
-                warm_up()  # with torch.compile: compiles (once per kind of bucket) and tunes
-            except Exception:  # a model or setup that does not compile still gets CUDA graphs
-                if not self.compiled:
-                    raise
-                logger.warning("torch.compile of the decode step failed; capturing it uncompiled", exc_info=True)
-                self._head, self._down_proj = self._logits, down_projection
-                self._layer = functools.partial(decoder_layer, self.shape)
-                self.compiled = False
-                warm_up()
+            while True:
+                try:
+                    warm_up()  # with torch.compile: compiles (once per kind of bucket) and tunes
+                    break
+                except Exception:  # a model or setup that does not compile still gets CUDA graphs
+                    if not self._fall_back(batch):
+                        raise
             warm_up()
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
@@ -234,6 +248,21 @@ class StaticDecoder:
         self.pool = graph.pool()  # every graph of this cache shares the first one's memory (they never overlap)
         logger.debug("captured the decode step for batch %d, length %d", batch, length)
         return graph, logits
+
+    def _fall_back(self, batch: int) -> bool:
+        """After a failed warm-up: drop the Triton batch-1 step (for batch 1), else torch.compile. False: neither."""
+        if batch == 1 and self.fused:
+            logger.warning("the Triton batch-1 decode step failed; using the %s one",
+                           "compiled" if self.compiled else "uncompiled", exc_info=True)
+            self.fused = False
+            return True
+        if not self.compiled:
+            return False
+        logger.warning("torch.compile of the decode step failed; capturing it uncompiled", exc_info=True)
+        self._head, self._down_proj = self._logits, down_projection
+        self._layer = functools.partial(decoder_layer, self.shape)
+        self.compiled = False
+        return True
 
     def forward(self, ids: list[int], positions: list[int]) -> torch.Tensor:
         """Logits [n, V] (float32) of token ids[i] at positions[i] in slot i, its keys/values written to the cache."""
