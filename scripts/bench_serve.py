@@ -1,18 +1,27 @@
-"""Serving benchmark, side by side in one run: vLLM's own OpenAI server, `swift deploy --infer_backend vllm` and
-`swift deploy --infer_backend pt`, each driven by vLLM's own serving benchmark (`vllm.benchmarks.serve`, what
-`vllm bench serve` runs) on its random dataset with a fixed seed and forced output lengths (--ignore-eos).
+"""Serving benchmark, side by side in one run: vLLM's own OpenAI server, `swift deploy --infer_backend vllm`,
+`swift deploy --infer_backend pt` and (optionally) ms-swift's own `swift deploy --infer_backend transformers`, each
+driven by vLLM's own serving benchmark (`vllm.benchmarks.serve`, what `vllm bench serve` runs) on its random
+dataset with a fixed seed and forced output lengths (--ignore-eos), through the chat endpoint.
 
-    python scripts/bench_serve.py                            # concurrency 1, 8, 32: ~10 minutes on 2 cores
-    python scripts/bench_serve.py --concurrency 1 4 16 64 --prompts_per_concurrency 8 --input_len 256 --output_len 128
-    python scripts/bench_serve.py --servers vllm,swift-vllm   # only the two vLLM servers
+    python scripts/bench_serve.py                            # both modes, concurrency 1 and 16: ~25 min on 2 cores
+    python scripts/bench_serve.py --mode defaults --servers vllm,swift-vllm
+    python scripts/bench_serve.py --mode defaults --servers swift-pt,ms-swift --msswift_python ~/msswift-venv/bin/python
+    python scripts/bench_serve.py --mode like-for-like --concurrency 1 4 16 --input_len 256 --output_len 128
 
+Two modes, each printed with its ratios to raw vLLM:
+- `defaults`: every server started exactly as a user would start it, with nothing but the model and the port
+  (`python -m vllm.entrypoints.openai.api_server --model <dir>`, `swift deploy --model_id_or_path <dir>`, ms-swift
+  with `--max_batch_size 16`, its only way to batch): what a user compares.
+- `like-for-like`: the same engine settings in each server's spelling (dtype, context length, batch limit,
+  eager or compiled): the serving layers compared, not the defaults.
 The servers run one at a time on a free loopback port, with the same model (the embedded default unless
---model_dir), dtype, context length and batch limit; vLLM compiles nothing (--enforce-eager) on CPU. Prints a table
-with each server's ratio to raw vLLM and writes benchmarks/results/bench_serve-<time>.json.
+--model_dir). Cold start to ready (/v1/models answers) is measured for each. Writes
+benchmarks/results/bench_serve-<time>.json.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -23,8 +32,8 @@ import urllib.request
 
 from bench_results import write_results  # scripts/ is sys.path[0]
 
-SERVERS = ("vllm", "swift-vllm", "swift-pt")
-NAME = "bench-model"
+SERVERS = ("vllm", "swift-vllm", "swift-pt", "ms-swift")
+MODES = ("defaults", "like-for-like")
 SWIFT_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 METRICS = (("request_throughput", "req/s", 2), ("output_throughput", "out tok/s", 1),
            ("median_ttft_ms", "TTFT p50 ms", 1), ("p99_ttft_ms", "TTFT p99 ms", 1),
@@ -38,39 +47,58 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def server_command(server: str, args: argparse.Namespace, port: int) -> list[str]:
-    """The same engine settings, in each server's own spelling."""
+def server_command(server: str, mode: str, args: argparse.Namespace, port: int) -> list[str]:
+    """How `server` is started in `mode`; like-for-like spells the same engine settings in each server's flags."""
+    model, address = args.model_dir, ["--host", "127.0.0.1", "--port", str(port)]
     if server == "vllm":
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", args.model_dir,
-               "--served-model-name", NAME, "--host", "127.0.0.1", "--port", str(port), "--dtype", args.dtype,
-               "--max-model-len", str(args.max_model_len), "--max-num-seqs", str(max(args.concurrency)),
-               "--seed", "0", "--uvicorn-log-level", "warning"]
-        return cmd + (["--enforce-eager"] if args.enforce_eager else [])
-    backend, dtype = server.removeprefix("swift-"), SWIFT_DTYPES[args.dtype]
-    return [sys.executable, "-m", "swiftcli", "deploy", "--infer_backend", backend, "--model_id_or_path",
-            args.model_dir, "--served_model_name", NAME, "--port", str(port), "--dtype", dtype,
-            "--max_model_len", str(args.max_model_len), "--max_num_seqs", str(max(args.concurrency)),
-            "--max_batch_size", str(max(args.concurrency)), "--enforce_eager", str(args.enforce_eager).lower(),
-            "--log_interval", "0"]
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, *address,
+               "--uvicorn-log-level", "warning"]
+        if mode == "defaults":
+            return cmd
+        return cmd + ["--dtype", args.dtype, "--max-model-len", str(args.max_model_len),
+                      "--max-num-seqs", str(max(args.concurrency)), "--seed", "0"] + \
+            (["--enforce-eager"] if args.enforce_eager else [])
+    if server == "ms-swift":  # ms-swift 4.6 in its own environment; it batches only with --max_batch_size
+        cmd = [args.msswift_python, "-m", "swift.cli.deploy", "--model", model, "--infer_backend", "transformers",
+               "--max_batch_size", str(max(args.concurrency)), *address]
+        if args.msswift_model_type:  # ms-swift cannot tell some checkpoints' type (SmolLM2: any llama)
+            cmd += ["--model_type", args.msswift_model_type, "--template", args.msswift_template]
+        return cmd if mode == "defaults" else cmd + ["--torch_dtype", args.dtype]
+    backend = server.removeprefix("swift-")
+    cmd = [sys.executable, "-m", "swiftcli", "deploy", "--infer_backend", backend, "--model_id_or_path", model,
+           "--port", str(port), *args.swift_flags.split()]
+    if mode == "defaults":
+        return cmd
+    return cmd + ["--dtype", SWIFT_DTYPES[args.dtype], "--max_model_len", str(args.max_model_len),
+                  "--max_num_seqs", str(max(args.concurrency)), "--max_batch_size", str(max(args.concurrency)),
+                  "--enforce_eager", str(args.enforce_eager).lower(), "--log_interval", "0"]
 
 
-def wait_ready(proc: subprocess.Popen, port: int, log_path: str, timeout: float = 900) -> float:
-    """Seconds until /health answers 200 (both servers have it); fails with the log's tail if the server died."""
+def served_model(port: int) -> str | None:
+    """The first model id /v1/models lists (None while the server is not up)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2) as r:
+            return json.load(r)["data"][0]["id"]
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def wait_ready(proc: subprocess.Popen, port: int, log_path: str, timeout: float = 900) -> tuple[float, str]:
+    """Seconds until /v1/models answers (every server has it) and the model id it serves; fails with the log's tail
+    if the server died."""
     start = time.perf_counter()
     while time.perf_counter() - start < timeout:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{open(log_path).read()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return time.perf_counter() - start
-        except OSError:
-            time.sleep(0.5)
+        model = served_model(port)
+        if model is not None:
+            return time.perf_counter() - start, model
+        time.sleep(0.5)
     raise RuntimeError(f"server not ready after {timeout} s")
 
 
-def run_benchmark(port: int, concurrency: int, args: argparse.Namespace) -> dict:
-    """One `vllm bench serve` run against the server on `port`; returns vLLM's result dict."""
+def run_benchmark(port: int, model: str, concurrency: int, args: argparse.Namespace) -> dict:
+    """One `vllm bench serve` run of streaming chats against the server on `port`; returns vLLM's result dict."""
     from vllm.benchmarks.serve import add_cli_args, main
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -78,30 +106,37 @@ def run_benchmark(port: int, concurrency: int, args: argparse.Namespace) -> dict
     add_cli_args(parser)
     num_prompts = max(concurrency * args.prompts_per_concurrency, args.min_prompts)
     bench_args = parser.parse_args([
-        "--backend", "vllm", "--host", "127.0.0.1", "--port", str(port), "--endpoint", "/v1/completions",
-        "--model", NAME, "--tokenizer", args.model_dir, "--dataset-name", "random",
+        "--backend", "openai-chat", "--host", "127.0.0.1", "--port", str(port), "--endpoint", "/v1/chat/completions",
+        "--model", model, "--tokenizer", args.model_dir, "--dataset-name", "random",
         "--random-input-len", str(args.input_len), "--random-output-len", str(args.output_len),
         "--num-prompts", str(num_prompts), "--max-concurrency", str(concurrency), "--ignore-eos",
         "--seed", str(args.seed), "--percentile-metrics", "ttft,tpot,itl,e2el", "--metric-percentiles", "50,99",
-        "--num-warmups", str(min(concurrency, 4)), "--disable-tqdm"])
+        "--num-warmups", str(min(concurrency, 4)), "--disable-tqdm",
+        # also the older max_tokens: ms-swift 4.6 ignores max_completion_tokens (and ignore_eos) and would generate
+        # to its context length
+        "--extra-body", json.dumps({"max_tokens": args.output_len})])
     return main(bench_args)
 
 
-def bench_server(server: str, args: argparse.Namespace, log_dir: str) -> dict:
-    port, log_path = free_port(), os.path.join(log_dir, f"{server}.log")
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")}
+def bench_server(server: str, mode: str, args: argparse.Namespace, log_dir: str) -> dict:
+    port, log_path = free_port(), os.path.join(log_dir, f"{mode}-{server}.log")
+    env = dict(os.environ)
+    if mode == "like-for-like":  # the defaults mode leaves vLLM's KV cache size to each server, as a user would
+        env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")
+    command = server_command(server, mode, args, port)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(server_command(server, args, port), stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        startup = wait_ready(proc, port, log_path)
-        print(f"{server}: ready in {startup:.0f} s", flush=True)
+        startup, model = wait_ready(proc, port, log_path)
+        print(f"[{mode}] {server}: ready in {startup:.0f} s", flush=True)
         runs = {}
         for c in args.concurrency:
-            result = run_benchmark(port, c, args)
+            result = run_benchmark(port, model, c, args)
             runs[c] = {key: result.get(key) for key, _, _ in METRICS} | {
-                "completed": result.get("completed"), "failed": result.get("failed", 0)}
-            print(f"{server} c={c}: {runs[c]}", flush=True)
-        return {"startup_s": startup, "runs": runs}
+                "completed": result.get("completed"), "failed": result.get("failed", 0),
+                "total_output_tokens": result.get("total_output_tokens")}
+            print(f"[{mode}] {server} c={c}: {runs[c]}", flush=True)
+        return {"command": command[1:], "startup_s": startup, "runs": runs}
     finally:
         proc.terminate()
         try:
@@ -110,10 +145,10 @@ def bench_server(server: str, args: argparse.Namespace, log_dir: str) -> dict:
             proc.kill()
 
 
-def print_table(results: dict[str, dict], concurrency: list[int]) -> None:
-    header = f"{'server':<12}{'conc':>5}" + "".join(f"{label:>13}" for _, label, _ in METRICS) + \
-        f"{'tok/s x vLLM':>14}{'TTFT-vLLM ms':>14}"
-    print("\n" + header)
+def print_table(mode: str, results: dict[str, dict], concurrency: list[int]) -> None:
+    header = f"{'server':<12}{'conc':>5}{'start s':>9}" + "".join(f"{label:>13}" for _, label, _ in METRICS) + \
+        f"{'tok/s x vLLM':>14}{'TTFT x vLLM':>13}"
+    print(f"\n{mode}:\n{header}")
     for c in concurrency:
         raw = results.get("vllm", {}).get("runs", {}).get(c)
         for server, result in results.items():
@@ -121,21 +156,28 @@ def print_table(results: dict[str, dict], concurrency: list[int]) -> None:
             cells = "".join(f"{run[key]:>13.{digits}f}" if run[key] is not None else f"{'-':>13}"
                             for key, _, digits in METRICS)
             ratio = f"{run['output_throughput'] / raw['output_throughput']:>14.3f}" if raw else f"{'-':>14}"
-            ttft = f"{run['median_ttft_ms'] - raw['median_ttft_ms']:>+14.1f}" if raw else f"{'-':>14}"
-            print(f"{server:<12}{c:>5}{cells}{ratio}{ttft}")
+            ttft = f"{run['median_ttft_ms'] / raw['median_ttft_ms']:>13.3f}" if raw else f"{'-':>13}"
+            print(f"{server:<12}{c:>5}{result['startup_s']:>9.0f}{cells}{ratio}{ttft}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--servers", default=",".join(SERVERS), help=f"comma-separated, from {SERVERS}")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--prompts_per_concurrency", type=int, default=2)
+    parser.add_argument("--mode", default="both", choices=[*MODES, "both"])
+    parser.add_argument("--servers", default="vllm,swift-vllm,swift-pt",
+                        help=f"comma-separated, from {SERVERS} (ms-swift needs --msswift_python)")
+    parser.add_argument("--msswift_python", default=None, help="the Python of an environment with ms-swift 4.6")
+    parser.add_argument("--msswift_model_type", default="llama", help="ms-swift's --model_type ('' to detect)")
+    parser.add_argument("--msswift_template", default="chatml", help="ms-swift's --template (SmolLM2's: chatml)")
+    parser.add_argument("--swift_flags", default="", help="more flags for the swift servers, to measure a setting")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--prompts_per_concurrency", type=int, default=3)
     parser.add_argument("--min_prompts", type=int, default=8)
     parser.add_argument("--input_len", type=int, default=64)
     parser.add_argument("--output_len", type=int, default=64)
-    parser.add_argument("--max_model_len", type=int, default=2048)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--enforce_eager", type=lambda s: s.lower() in ("1", "true"), default=True)
+    parser.add_argument("--max_model_len", type=int, default=2048, help="like-for-like")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="like-for-like")
+    parser.add_argument("--enforce_eager", type=lambda s: s.lower() in ("1", "true"), default=True,
+                        help="like-for-like")
     parser.add_argument("--model_dir", default=None, help="a HF checkpoint directory (default: the embedded model)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -147,17 +189,23 @@ def main() -> None:
     unknown = set(servers) - set(SERVERS)
     if unknown:
         parser.error(f"unknown servers {sorted(unknown)}; choose from {SERVERS}")
+    if "ms-swift" in servers and not args.msswift_python:
+        parser.error("ms-swift needs --msswift_python (an environment with `pip install ms-swift==4.6.0`)")
 
-    results: dict[str, dict] = {}
+    modes = MODES if args.mode == "both" else (args.mode,)
+    results: dict[str, dict[str, dict]] = {mode: {} for mode in modes}
     with tempfile.TemporaryDirectory(prefix="bench_serve-") as log_dir:
-        for server in servers:
-            try:
-                results[server] = bench_server(server, args, log_dir)
-            except RuntimeError as e:  # the others still run and are reported
-                print(f"{server}: failed: {e}", file=sys.stderr)
-    print(f"\n{args.input_len} prompt tokens -> {args.output_len} forced output tokens, {args.dtype}, "
-          f"{args.prompts_per_concurrency} prompts per concurrency slot (at least {args.min_prompts})")
-    print_table(results, args.concurrency)
+        for mode in modes:
+            for server in servers:
+                try:
+                    results[mode][server] = bench_server(server, mode, args, log_dir)
+                except RuntimeError as e:  # the others still run and are reported
+                    print(f"[{mode}] {server}: failed: {e}", file=sys.stderr)
+    print(f"\nstreaming chats: {args.input_len} random prompt tokens -> {args.output_len} forced output tokens, "
+          f"{args.prompts_per_concurrency} prompts per concurrency slot (at least {args.min_prompts}); "
+          f"like-for-like: {args.dtype}, enforce_eager {args.enforce_eager}")
+    for mode in modes:
+        print_table(mode, results[mode], args.concurrency)
     write_results("bench_serve", {"args": vars(args), "results": results})
 
 

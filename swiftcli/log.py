@@ -6,10 +6,12 @@ standard library is imported here: `swift --help` and vLLM's engine processes im
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 
 from .errors import ArgumentError
 
@@ -107,3 +109,25 @@ def quiet_transformers(level: int) -> None:
 
         hf_logging.set_verbosity(level)
         hf_logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def elapsed_progress(message: str, every_s: float = 15) -> Iterator[None]:
+    """Log `message (N s)` every `every_s` seconds until the block ends: a long silent wait (vLLM compiling the model
+    on its first start) shows it is working."""
+    import threading
+    import time
+
+    done, start = threading.Event(), time.perf_counter()
+
+    def tick() -> None:
+        while not done.wait(every_s):
+            logging.getLogger("swiftcli").info("%s (%.0f s)", message, time.perf_counter() - start)
+
+    thread = threading.Thread(target=tick, name="progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()

@@ -136,8 +136,11 @@ def resolve_model(model_type: str | None, model_id_or_path: str | None = None, r
     return meta, download_model(model_id, revision, use_hf)
 
 
-def resolve_torch_dtype(dtype: str | Any, device: str) -> Any:
-    """'AUTO' -> bf16 on a GPU that has it (else fp16), fp32 on CPU. Unsupported choices fall back with a warning."""
+def resolve_torch_dtype(dtype: str | Any, device: str, training: bool = False) -> Any:
+    """'AUTO' -> the fastest dtype the device runs natively, vLLM's rule: bf16 on a GPU that has it (else fp16); on
+    CPU, bf16 where it has bf16 instructions (AVX512-BF16 or AMX, which vLLM's CPU kernels and oneDNN use), else
+    fp32, and fp32 for training on CPU (no fp32 master weights there). Unsupported choices fall back with a warning.
+    """
     import torch
 
     if isinstance(dtype, torch.dtype):
@@ -145,7 +148,7 @@ def resolve_torch_dtype(dtype: str | Any, device: str) -> Any:
     if dtype in (None, "AUTO", "auto"):
         if device == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return torch.bfloat16 if device == "cpu" and not training and cpu_has_bf16() else torch.float32
     if dtype not in DTYPES and dtype not in DTYPES.values():  # torch's own names are taken too
         raise ArgumentError(f"dtype must be AUTO, bf16, fp16 or fp32, got {dtype!r}")
     chosen = to_torch_dtype(dtype)
@@ -156,6 +159,13 @@ def resolve_torch_dtype(dtype: str | Any, device: str) -> Any:
         logger.warning("fp16 is slow and imprecise on CPU; using fp32")
         return torch.float32
     return chosen
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (x86 AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    import torch
+
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def to_torch_dtype(name: str) -> Any:

@@ -19,7 +19,8 @@ def swift_cmd(*args: str) -> list[str]:
 
 @pytest.fixture()
 def repl(tmp_path):
-    cmd = swift_cmd("--max_new_tokens", "64", "--save_result", "true", "--result_dir", str(tmp_path))
+    # room for a long answer, so the one cut by Ctrl-C is still streaming when the signal comes, on a loaded machine
+    cmd = swift_cmd("--max_new_tokens", "256", "--save_result", "true", "--result_dir", str(tmp_path))
     child = pexpect.spawn(cmd[0], cmd[1:], encoding="utf-8", timeout=120, cwd=str(tmp_path),
                           env={**os.environ, "COLUMNS": "200"}, dimensions=(50, 200))
     child.expect_exact("<<< ")
@@ -58,6 +59,7 @@ def test_repl_every_command(repl, tmp_path):
     repl.expect_exact("<<< ")
     # Ctrl-C stops the current answer and returns to the prompt
     repl.sendline("Write a very long story about a dragon, at least 500 words.")
+    repl.expect_exact("at least 500 words.")  # the terminal's echo of the line: the answer comes after it
     repl.expect(r"\w+ \w+ \w+")
     repl.sendintr()
     repl.expect_exact(SEP)

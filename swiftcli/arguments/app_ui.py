@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..errors import ArgumentError
 from .base import Arguments, check_port
@@ -34,6 +35,8 @@ class UIArguments(Arguments):
 
 @dataclass
 class AppUIArguments(UIArguments, EngineSetup):
+    serving: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         super().__post_init__()
         local = [name for name in ("model_type", "model_id_or_path", "ckpt_dir", "lora_modules") if getattr(self, name)]

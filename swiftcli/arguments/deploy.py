@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ..errors import ArgumentError
 from .base import Arguments, check_port
@@ -48,6 +49,8 @@ class ServerArguments(Arguments):
 
 @dataclass
 class DeployArguments(ServerArguments, EngineSetup):
+    serving: ClassVar[bool] = True
+
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.served_model_name is not None and self.served_model_name in self.adapters:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..checkpoint import check_adapter_dir
 from ..errors import ArgumentError
@@ -36,8 +37,10 @@ class EngineArguments(Arguments):
     max_num_seqs: int = 256
     """vllm: most sequences scheduled at once."""
     enforce_eager: bool | None = None
-    """No CUDA graphs / torch.compile. Default: true on CPU (vllm: compiling takes minutes there), false on GPU, where
-    the pt backend decodes from a static KV cache in CUDA graphs."""
+    """No CUDA graphs / torch.compile. Default: false on GPU (the pt backend decodes from a static KV cache in CUDA
+    graphs); on CPU, vllm compiles for the servers (deploy, app-ui: faster decoding for the server's whole life, the
+    first start compiles for 1-2 min, later ones read vLLM's compile cache) and runs eagerly for infer (fast
+    start)."""
     lora_modules: list[str] = field(default_factory=list)
     """Extra LoRA adapters as name=path, chosen per request by name."""
     vllm_enable_lora: bool = False
@@ -48,6 +51,9 @@ class EngineArguments(Arguments):
     """vllm: LoRA adapters active in one batch."""
     vllm_engine_kwargs: str | None = None
     """vllm: other engine arguments as JSON, e.g. '{"swap_space": 4}'."""
+
+    serving: ClassVar[bool] = False
+    """Whether the command is a long-lived server (deploy, app-ui): it compiles by default where that pays."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

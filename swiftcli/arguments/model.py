@@ -29,7 +29,8 @@ class ModelArguments(Arguments):
     ckpt_dir: str | None = None
     """A checkpoint made by sft or export: full weights, or a LoRA adapter (served as `default-lora`)."""
     dtype: str = "AUTO"
-    """AUTO, bf16, fp16 or fp32. AUTO: bf16 (fp16 if unsupported) on GPU, fp32 on CPU."""
+    """AUTO, bf16, fp16 or fp32. AUTO (vLLM's rule): bf16 (fp16 if unsupported) on GPU; on CPU bf16 where it has
+    bf16 instructions (AVX512-BF16 or AMX), else fp32; training on CPU: fp32."""
     use_hf: bool | None = None
     """Download from Hugging Face instead of ModelScope (also env USE_HF=1)."""
 

@@ -146,10 +146,12 @@ class OpenAIServing:
             try:
                 for i, request in enumerate(job.requests):
                     prompt_tokens = len(self.engine.encode(request).input_ids) if job.continuous_usage else 0
-                    for choice in fmt.opening(i):
-                        yield writer.choice(choice, self._usage_so_far(job, prompt_tokens, 0))
+                    opening = fmt.opening(i)  # sent with the first token, as vLLM does: TTFT is the first token's
                     async with aclosing(self.engine.infer_stream_async(request, job.config)) as deltas:
                         async for d in deltas:
+                            for choice in opening:
+                                yield writer.choice(choice, self._usage_so_far(job, prompt_tokens, 0))
+                            opening = []
                             if d.usage is not None:
                                 usages.append(d.usage)
                             if d.text or d.finish_reason or d.prompt_logprobs:

@@ -44,7 +44,7 @@ def train_sft(args: SftArguments) -> dict[str, Any]:
     train_data, val_data = prepare_data(args, template)
 
     device = default_device()
-    torch_dtype = resolve_torch_dtype(args.dtype, device)
+    torch_dtype = resolve_torch_dtype(args.dtype, device, training=True)
     if args.sft_type == "full" and dtype_name(torch_dtype) == "fp16":
         raise ArgumentError("full fine-tuning can't keep fp16 weights (their gradients can't be unscaled): "
                             "use --dtype bf16 or fp32")
