@@ -40,6 +40,17 @@ SEED_SCRIPT = textwrap.dedent("""
 """The seed tutorial's vLLM example as it is written: no `if __name__ == '__main__':` around it."""
 
 
+RUNNING: list[Command] = []
+"""Commands started by the running test, killed after it: a failed assertion must not leave a server behind."""
+
+
+@pytest.fixture(autouse=True)
+def _no_command_left():
+    yield
+    while RUNNING:
+        RUNNING.pop().kill()
+
+
 class Command:
     """A command in a session of its own (as a terminal runs one), its output in a file, and every process it
     starts noted while it runs."""
@@ -52,6 +63,16 @@ class Command:
                                      cwd=tmp_path, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         self._started: dict[int, object] = {}
         threading.Thread(target=self._watch, daemon=True).start()
+        RUNNING.append(self)
+
+    def kill(self) -> None:
+        """The command and every process it started, whatever state a failed test left them in."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        for process in self.engine:
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+        self.proc.wait()
 
     def _watch(self) -> None:
         while self.proc.poll() is None:
