@@ -6,12 +6,16 @@
 #   TOKENIZER_DIR=<SmolLM2 tokenizer> bash scripts/gpu_proofs_sharded.sh      # from the repository root
 #
 # Writes $OUT/gpu_proofs_sharded.log (every command and its output); OUT defaults to
-# benchmarks/results/gpu_proofs_sharded-<date>. STEPS (6) training steps.
+# benchmarks/results/gpu_proofs_sharded-<date>. STEPS (6) training steps. PARTS (all: "tp fsdp_full lora") picks the
+# proofs: tp = greedy tokens of --tensor_parallel_size 2 vs 1 GPU; fsdp_full = full fine-tuning with FSDP and its
+# checkpoint in swift infer; lora = LoRA with FSDP vs DDP (train tokens/s, peak memory per GPU: lora_*_logging.jsonl).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 OUT=${OUT:-benchmarks/results/gpu_proofs_sharded-$(date +%Y%m%d)}
 W=${WORK_DIR:-/tmp/gpu_proofs_sharded}
 STEPS=${STEPS:-6}
+PARTS=${PARTS:-"tp fsdp_full lora"}
+has() { [[ " $PARTS " == *" $1 "* ]]; }
 mkdir -p "$OUT" "$W"
 LOG=$OUT/gpu_proofs_sharded.log
 : >"$LOG"
@@ -32,18 +36,34 @@ infer() {  # greedy reply of the 7B model on pt, in fp32 (bf16 sums in another o
     echo "$ASK" | python3 -m swiftcli infer --model_id_or_path "$M" --infer_backend pt --tensor_parallel_size "$1" \
         --enforce_eager true --dtype fp32 --max_new_tokens 32 --temperature 0 --stream false 2>>"$LOG"
 }
-log "START pt inference, 1 GPU"; t0=$SECONDS; ONE=$(infer 1); log "END in $((SECONDS - t0))s: $ONE"
-log "START pt inference, --tensor_parallel_size 2"; t0=$SECONDS; TWO=$(infer 2); log "END in $((SECONDS - t0))s: $TWO"
-[ "$ONE" = "$TWO" ] && log "TP greedy equal: yes" || log "TP greedy equal: NO"
+if has tp; then
+    log "START pt inference, 1 GPU"; t0=$SECONDS; ONE=$(infer 1); log "END in $((SECONDS - t0))s: $ONE"
+    log "START pt inference, --tensor_parallel_size 2"; t0=$SECONDS; TWO=$(infer 2); log "END in $((SECONDS - t0))s: $TWO"
+    [ "$ONE" = "$TWO" ] && log "TP greedy equal: yes" || log "TP greedy equal: NO"
+fi
 
-run env NPROC_PER_NODE=2 python3 -m swiftcli sft --model_id_or_path "$M" --dataset "$W/train.jsonl" --sft_type full \
-    --fsdp full_shard --max_length 1024 --max_steps "$STEPS" --batch_size 1 --gradient_accumulation_steps 1 \
-    --gradient_checkpointing true --logging_steps 1 --eval_steps "$STEPS" --save_steps "$STEPS" --dataset_test_ratio 0.02 \
-    --output_dir "$W/out" --dtype bf16
-RUN=$(ls -d "$W"/out/*/v* 2>/dev/null | tail -1)
-[ -n "$RUN" ] && cp "$RUN"/logging.jsonl "$OUT"/fsdp_full_logging.jsonl 2>/dev/null
-CKPT=$(ls -d "$RUN"/checkpoint-* 2>/dev/null | tail -1)
-[ -n "$CKPT" ] && log "START the FSDP checkpoint in swift infer" && \
-    echo "$ASK" | python3 -m swiftcli infer --ckpt_dir "$CKPT" --infer_backend pt --enforce_eager true \
-        --max_new_tokens 16 --temperature 0 --stream false >>"$LOG" 2>&1 && log "END checkpoint generates"
+if has fsdp_full; then
+    run env NPROC_PER_NODE=2 python3 -m swiftcli sft --model_id_or_path "$M" --dataset "$W/train.jsonl" --sft_type full \
+        --fsdp full_shard --max_length 1024 --max_steps "$STEPS" --batch_size 1 --gradient_accumulation_steps 1 \
+        --gradient_checkpointing true --logging_steps 1 --eval_steps "$STEPS" --save_steps "$STEPS" --dataset_test_ratio 0.02 \
+        --output_dir "$W/out" --dtype bf16
+    RUN=$(ls -d "$W"/out/*/v* 2>/dev/null | tail -1)
+    [ -n "$RUN" ] && cp "$RUN"/logging.jsonl "$OUT"/fsdp_full_logging.jsonl 2>/dev/null
+    CKPT=$(ls -d "$RUN"/checkpoint-* 2>/dev/null | tail -1)
+    [ -n "$CKPT" ] && log "START the FSDP checkpoint in swift infer" && \
+        echo "$ASK" | python3 -m swiftcli infer --ckpt_dir "$CKPT" --infer_backend pt --enforce_eager true \
+            --max_new_tokens 16 --temperature 0 --stream false >>"$LOG" 2>&1 && log "END checkpoint generates"
+fi
+
+if has lora; then  # the same LoRA run sharded (FSDP) and replicated (DDP), side by side
+    for MODE in fsdp ddp; do
+        SHARD=(); [ "$MODE" = fsdp ] && SHARD=(--fsdp full_shard)
+        run env NPROC_PER_NODE=2 python3 -m swiftcli sft --model_id_or_path "$M" --dataset "$W/train.jsonl" \
+            --sft_type lora "${SHARD[@]}" --max_length 1024 --max_steps "$STEPS" --batch_size 1 \
+            --gradient_accumulation_steps 1 --gradient_checkpointing true --logging_steps 1 --eval_steps 1000 \
+            --save_steps 1000 --dataset_test_ratio 0.02 --output_dir "$W/lora_$MODE" --dtype bf16
+        RUN=$(ls -d "$W"/lora_$MODE/*/v* 2>/dev/null | tail -1)
+        [ -n "$RUN" ] && cp "$RUN"/logging.jsonl "$OUT"/lora_${MODE}_logging.jsonl && tail -1 "$RUN"/logging.jsonl | tee -a "$LOG"
+    done
+fi
 nvidia-smi --query-gpu=memory.used --format=csv >>"$LOG"
