@@ -47,6 +47,7 @@ __all__ = ["AdapterGate", "VllmEngine", "supported_architectures", "vllm"]  # wh
 logger = logging.getLogger("swiftcli")
 T = TypeVar("T")
 
+
 def run_mode(compiled: bool) -> str:
     """The banner's word on how vLLM runs and what the other choice gives (measured on CPU: README, Performance)."""
     if not current_platform.is_cpu():
