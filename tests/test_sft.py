@@ -285,6 +285,25 @@ def test_resume_continues_the_same_trajectory(tiny_run):
     assert state["global_step"] == 6
 
 
+def test_save_only_model_checkpoints_generate_but_do_not_resume(tiny_run):
+    """--save_only_model: the checkpoint holds the adapter, no optimizer/scheduler/RNG state; it still answers in
+    swift infer, and resuming from it is refused in one line (there is no optimizer state to continue)."""
+    cwd, datasets, _ = tiny_run
+    proc = swift("sft", "--dataset", datasets[0], "--batch_size", "4", *TINY, "--max_steps", "2", "--save_steps", "2",
+                 "--save_only_model", "true", "--output_dir", "only_model", cwd=cwd, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ckpt = last_checkpoint(proc)
+    names = {p.name for p in ckpt.iterdir()}
+    assert "adapter_model.safetensors" in names and not names & {"optimizer.pt", "scheduler.pt", "rng_state.pth"}
+    assert json.loads((ckpt / "args.json").read_text())["save_only_model"] is True
+    out = swift("infer", "--ckpt_dir", str(ckpt), "--infer_backend", "pt", "--max_new_tokens", "4", cwd=cwd,
+                timeout=600, stdin="Hello\n")
+    assert out.returncode == 0 and "default-lora" in out.stderr, out.stderr[-2000:]
+    resumed = swift("sft", "--dataset", datasets[0], *TINY, "--resume_from_checkpoint", str(ckpt), cwd=cwd, timeout=600)
+    assert resumed.returncode == 2 and "was saved with --save_only_model" in resumed.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in resumed.stderr
+
+
 def test_summary_reports_tokens_per_second(tiny_run):
     """The last line of logging.jsonl (and the log) holds the training speed in non-padding tokens per second,
     timed over the second half of the steps (the first ones warm up; a step after a save is left out), and peak GPU

@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..checkpoint import read_ckpt_args
 from ..errors import ArgumentError
 from .base import check_choices, check_ranges, load_config_file
 from .dataset import DatasetArguments
@@ -134,6 +135,10 @@ class SftArguments(DatasetArguments, TemplateArguments, ModelArguments):
     """Write checkpoint-<step>/ every N steps, and at the end (default: --eval_steps)."""
     save_total_limit: int = 2
     """Keep the N newest checkpoints, plus the best one by validation loss (-1: keep all)."""
+    save_only_model: bool = False
+    """Checkpoints hold the weights (lora: the adapter) without optimizer, scheduler and RNG state: a fraction of the
+    disk (a full fine-tune's AdamW state is twice the weights in fp32), but --resume_from_checkpoint can't continue
+    from them."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: much less memory for about a third more compute."""
     seed: int = 42
@@ -208,6 +213,10 @@ class SftArguments(DatasetArguments, TemplateArguments, ModelArguments):
             if not os.path.isfile(os.path.join(self.resume_from_checkpoint, "trainer_state.json")):
                 raise ArgumentError(f"--resume_from_checkpoint {self.resume_from_checkpoint} is not a training "
                                     "checkpoint (no trainer_state.json): pass a checkpoint-<step> directory")
+            if read_ckpt_args(self.resume_from_checkpoint).get("save_only_model"):
+                raise ArgumentError(f"--resume_from_checkpoint {self.resume_from_checkpoint} was saved with "
+                                    "--save_only_model (no optimizer state to continue from): start a new run "
+                                    "from its weights with --model_id_or_path (lora: merge it first)")
         self._check_output_dir()
 
     def _check_deepspeed(self) -> None:

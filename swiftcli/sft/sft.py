@@ -62,6 +62,7 @@ def train_sft(args: SftArguments) -> dict[str, Any]:
     if training_args is None:
         run_dir = start_run_dir(args, meta.model_type, device, saved)
         training_args = training_arguments(args, run_dir, saved["dtype"], has_val=bool(val_data))
+    saved["save_only_model"] = training_args.save_only_model  # also set by FSDP on CPU: resume refuses these
     trainer = build_trainer(training_args, model, tokenizer, train_data, val_data, run_dir, saved)
     if is_main_process():
         log_effective_batch(args, training_args)
@@ -228,6 +229,7 @@ def training_arguments(args: SftArguments, run_dir: str, dtype: str, has_val: bo
         logging_steps=args.logging_steps, eval_strategy="steps" if has_val else "no", eval_steps=args.eval_steps,
         save_strategy="steps", save_steps=args.save_steps,
         save_total_limit=None if args.save_total_limit == -1 else args.save_total_limit,
+        save_only_model=args.save_only_model,
         metric_for_best_model="loss" if has_val else None, greater_is_better=False if has_val else None,
         prediction_loss_only=True,  # validation needs the loss only, not every row's logits
         use_cpu=device == "cpu", ddp_backend=ddp_backend(args, device) if world_size() > 1 else None,
