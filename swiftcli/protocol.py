@@ -98,7 +98,9 @@ class InferResponse:
 
 @dataclass
 class StreamDelta:
-    """One step of a streamed choice: new text (valid UTF-8, never a broken character) and, at the end, why."""
+    """One step of a streamed choice, one per decoding step that produced tokens: their new text (valid UTF-8, never a
+    broken character; empty when they show nothing yet: a skipped special token, the start of a character or of a
+    stop string) and, at the end, why. Servers time the first token from the first delta."""
 
     index: int
     text: str

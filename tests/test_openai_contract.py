@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -124,6 +125,21 @@ def test_logit_bias_changes_the_choice(client, tokenizer):
     assert forced.choices[0].text == tokenizer.decode([forced_id] * 3)
     refused(lambda: complete(client, logit_bias={str(len(tokenizer) + 5): 1}), "logit_bias")
     refused(lambda: complete(client, logit_bias={"not-a-token": 1}), "logit_bias")
+
+
+def test_a_reply_of_invisible_tokens_streams_from_its_first_token(client, tokenizer):
+    """Tokens that show no text (a special token, skipped in the text) still start the stream at the first token,
+    as vLLM's server does: the opening chunk comes while the reply is generated, and every token's logprob streams."""
+    invisible = tokenizer.convert_tokens_to_ids("<|im_start|>")
+    chat(client, max_tokens=2, logprobs=True)  # vLLM's first logprobs request stalls its engine for seconds
+    start, arrivals, chunks = time.perf_counter(), [], []
+    for chunk in chat(client, max_tokens=32, logprobs=True, logit_bias={str(invisible): 100}, stream=True):
+        arrivals.append(time.perf_counter() - start)
+        chunks.append(chunk)
+    choices = [c.choices[0] for c in chunks if c.choices]
+    assert "".join(c.delta.content or "" for c in choices) == ""
+    assert sum(len(c.logprobs.content) for c in choices if c.logprobs) == 32
+    assert arrivals[0] < 0.5 * arrivals[-1], arrivals  # not everything at the end
 
 
 def test_stop_token_ids_and_min_tokens(client, tokenizer):

@@ -71,7 +71,7 @@ class Job:
     continuous_usage: bool
     id: str
     start: float = field(default_factory=time.perf_counter)
-    first_text: float | None = None
+    first_token: float | None = None
     usage: UsageInfo | None = None
     status: str = "200"
 

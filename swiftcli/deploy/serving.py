@@ -149,13 +149,13 @@ class OpenAIServing:
                     opening = fmt.opening(i)  # sent with the first token, as vLLM does: TTFT is the first token's
                     async with aclosing(self.engine.infer_stream_async(request, job.config)) as deltas:
                         async for d in deltas:
+                            job.first_token = job.first_token or time.perf_counter()
                             for choice in opening:
                                 yield writer.choice(choice, self._usage_so_far(job, prompt_tokens, 0))
                             opening = []
                             if d.usage is not None:
                                 usages.append(d.usage)
-                            if d.text or d.finish_reason or d.prompt_logprobs:
-                                job.first_text = job.first_text or time.perf_counter()
+                            if d.text or d.finish_reason or d.prompt_logprobs or d.logprobs:
                                 usage = self._usage_so_far(job, prompt_tokens, d.completion_tokens or 0)
                                 for choice in fmt.deltas(i, d):
                                     yield writer.choice(choice, usage)
@@ -212,12 +212,12 @@ class OpenAIServing:
         m, latency = self.metrics, time.perf_counter() - job.start
         m.requests.labels(job.endpoint, job.status).inc()
         m.latency.observe(latency)
-        if job.first_text is not None:
-            m.ttft.observe(job.first_text - job.start)
+        if job.first_token is not None:
+            m.ttft.observe(job.first_token - job.start)
         usage = job.usage or UsageInfo()
         m.prompt_tokens.inc(usage.prompt_tokens)
         m.generation_tokens.inc(usage.completion_tokens)
-        ttft = f" ttft={job.first_text - job.start:.2f}s" if job.first_text is not None else ""
+        ttft = f" ttft={job.first_token - job.start:.2f}s" if job.first_token is not None else ""
         logger.info("%s %s model=%s stream=%s prompt_tokens=%d completion_tokens=%d%s latency=%.2fs status=%s",
                     job.id, job.endpoint, job.model, job.stream, usage.prompt_tokens, usage.completion_tokens, ttft,
                     latency, job.status)

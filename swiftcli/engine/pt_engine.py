@@ -139,11 +139,10 @@ class PtEngine(InferEngine):
             while any(pending):
                 row, delta, finish_reason, logprob = _unpack(await events.get())
                 i = row.request_index
-                if delta or finish_reason or prompt_logprobs[i]:
-                    yield StreamDelta(row.choice_index, delta, finish_reason, [logprob] if logprob else None,
-                                      prompt_logprobs=groups[i][0].prompt_logprobs if prompt_logprobs[i] else None,
-                                      completion_tokens=len(row.output_ids))
-                    prompt_logprobs[i] = False
+                yield StreamDelta(row.choice_index, delta, finish_reason, [logprob] if logprob else None,
+                                  prompt_logprobs=groups[i][0].prompt_logprobs if prompt_logprobs[i] else None,
+                                  completion_tokens=len(row.output_ids))
+                prompt_logprobs[i] = False
                 pending[i] -= finish_reason is not None
                 if finish_reason is not None and not pending[i]:
                     yield StreamDelta(0, "", None, usage=self._response(groups[i]).usage)

@@ -216,7 +216,7 @@ class VllmEngine(InferEngine):
             cached_tokens = output.num_cached_tokens or cached_tokens
             for c in output.outputs:
                 tokens[c.index] = tokens.get(c.index, 0) + len(c.token_ids)
-                if c.text or c.finish_reason or c.logprobs or prompt_logprobs:
+                if c.token_ids or c.finish_reason or prompt_logprobs:  # a token with no text yet is a step too
                     yield StreamDelta(c.index, c.text, c.finish_reason, to_logprobs(c, job),
                                       prompt_logprobs=prompt_logprobs, completion_tokens=tokens[c.index])
                     prompt_logprobs = None
