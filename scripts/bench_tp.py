@@ -8,7 +8,8 @@ rank 0 starts the other ranks itself). Settings: `tp1` (one GPU, the default sta
 size above 1. Batch 1: one greedy request of `--new_tokens` tokens (eos ignored); batch 32: 32 concurrent ones.
 Every setting also records the greedy tokens of one prompt; the table says how many of them match tp1-eager's
 (in bf16 different sum orders can tip a random model's near-ties; `gpu_proofs_sharded.sh` checks equality in fp32).
-Writes benchmarks/results/bench_tp-<time>.json (and $OUT/bench_tp.json).
+Writes benchmarks/results/bench_tp-<time>.json under the current directory (and $OUT/bench_tp.json where OUT is set,
+as on the GPU machine); exits 1 when every setting failed.
 """
 from __future__ import annotations
 
@@ -66,10 +67,10 @@ def run_worker(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_dir", required=True)
-    parser.add_argument("--sizes", default="1,2", help="tensor-parallel sizes; 1 runs tp1 and tp1-eager")
-    parser.add_argument("--dtype", default="bf16")
-    parser.add_argument("--new_tokens", type=int, default=128)
+    parser.add_argument("--model_dir", required=True, help="a transformers checkpoint directory")
+    parser.add_argument("--sizes", default="1,2", help="tensor-parallel sizes (default 1,2); 1 runs tp1 and tp1-eager")
+    parser.add_argument("--dtype", default="bf16", help="AUTO, bf16, fp16 or fp32 (default bf16)")
+    parser.add_argument("--new_tokens", type=int, default=128, help="tokens a request, eos ignored (default 128)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -88,6 +89,8 @@ def main() -> None:
             continue
         results.append(json.loads(lines[-1][len("RESULT "):]))
         print(json.dumps(results[-1]), flush=True)
+    if not results:
+        sys.exit("bench_tp: every setting failed (see above); nothing written")
     reference = next((r["greedy_text"] for r in results if r["setting"] == "tp1-eager"), None)
     eager_b1 = next((r["b1_tok_per_s"] for r in results if r["setting"] == "tp1-eager"), None)
     print(f"\n{args.model_dir}, {args.dtype}, {args.new_tokens} new tokens a request")
