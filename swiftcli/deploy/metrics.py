@@ -22,7 +22,7 @@ class ServerMetrics:
                                 "client went away).", ["endpoint", "status"], registry=r)
         self.prompt_tokens = Counter("swift_prompt_tokens", "Prompt tokens processed.", registry=r)
         self.generation_tokens = Counter("swift_generation_tokens", "Tokens generated.", registry=r)
-        self.ttft = Histogram("swift_time_to_first_token_seconds", "From arrival to the first generated text.",
+        self.ttft = Histogram("swift_time_to_first_token_seconds", "From arrival to the first generated token.",
                               buckets=_LATENCY_BUCKETS, registry=r)
         self.latency = Histogram("swift_e2e_request_latency_seconds", "From arrival to the last byte.",
                                  buckets=_LATENCY_BUCKETS, registry=r)
