@@ -30,6 +30,8 @@ VLLM_NOISE = re.compile("|".join([
     # the consequences of settings we (or the user) chose on purpose
     r"Enforce eager set, disabling torch\.compile",
     r"Inductor compilation was disabled by user settings",
+    # printed at the first LoRA request whatever the adapter holds; swift encodes prompts with the base tokenizer
+    r"vLLM has deprecated support for supporting different tokenizers for different LoRAs",
 ]))
 """What vLLM's processes print that is not for a `swift` user: platform notes and echoes of chosen settings."""
 
@@ -55,12 +57,18 @@ class VllmNoiseFilter(logging.Filter):
         return not is_vllm_noise(record.getMessage())
 
 
+VLLM_IN_PROCESS_EMITTERS = ("vllm.triton_utils.importing", "vllm.v1.engine.input_processor")
+"""vLLM's loggers in our own process that print VLLM_NOISE: the Triton note of its first import (before its logging
+is set up) and the LoRA-tokenizer note of its request intake."""
+
+
 def quiet_vllm_import() -> None:
-    """vLLM's first import warns about Triton before its logging is set up; the warning goes away here. (What its
-    processes print later goes through swiftcli.engine.vllm_process's filter.)"""
-    emitter = logging.getLogger("vllm.triton_utils.importing")
-    if not emitter.filters:
-        emitter.addFilter(VllmNoiseFilter())
+    """VLLM_NOISE from vLLM in our own process goes away here. (What its engine processes print goes through
+    swiftcli.engine.vllm_process's filter.)"""
+    for name in VLLM_IN_PROCESS_EMITTERS:
+        emitter = logging.getLogger(name)
+        if not emitter.filters:
+            emitter.addFilter(VllmNoiseFilter())
 
 
 class BitsandbytesKernelsFilter(logging.Filter):

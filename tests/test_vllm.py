@@ -50,6 +50,24 @@ def test_cli_pipe_answers_with_vllm(tmp_path):
     assert "backend: vllm" in banner and "kv cache: 2 GiB (default" in banner
 
 
+def test_vllm_notes_in_our_process_are_not_shown(caplog):
+    """vLLM's intake prints a LoRA-tokenizer deprecation note at the first adapter request, whatever the adapter
+    holds (swift encodes with the base tokenizer): a `swift` user sees neither it nor the CPU build's Triton note;
+    vLLM's other warnings still show."""
+    from vllm.logger import init_logger
+
+    from swiftcli.log import setup_logging
+
+    setup_logging()
+    init_logger("vllm.v1.engine.input_processor").warning(
+        "vLLM has deprecated support for supporting different tokenizers for different LoRAs. By default, ...")
+    init_logger("vllm.triton_utils.importing").warning("Triton is installed, but doesn't include CPU backend.")
+    init_logger("vllm.v1.engine.input_processor").warning("a warning a user can act on")
+    shown = caplog.text  # what reaches the log's handlers (stderr in a command)
+    assert "deprecated support" not in shown and "Triton" not in shown
+    assert "a warning a user can act on" in shown
+
+
 # ---- bad input: all of it fails before any engine starts --------------------------------------------------------
 def test_lora_rank_above_max_is_one_line_exit_2(lora_dir, capsys, monkeypatch):
     from swiftcli.cli import main
