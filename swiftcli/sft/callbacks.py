@@ -37,6 +37,8 @@ class RichProgressCallback(TrainerCallback):
         self.progress: Any = None
         self.task: Any = None
         self.accumulation = 1
+        self.batches_per_epoch = 0
+        """This process's batches in an epoch (0: unknown)."""
         self.substeps = 0
         """Batches done in the optimizer step under way."""
 
@@ -47,17 +49,28 @@ class RichProgressCallback(TrainerCallback):
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.accumulation = max(1, args.gradient_accumulation_steps)
+        dataloader = kwargs.get("train_dataloader")
+        self.batches_per_epoch = len(dataloader) if dataloader is not None else 0
         self.progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.fields[position]}"),
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  console=Console(stderr=True), speed_estimate_period=3600)
-        self.task = self.progress.add_task("train", total=state.max_steps * self.accumulation, position="")
+        self.task = self.progress.add_task("train", total=self._batches(state.max_steps), position="")
         self.substeps = 0
         self._update(state)
         self.progress.start()
 
+    def _batches(self, steps: int) -> int:
+        """Batches the Trainer runs for the first `steps` optimizer steps: an epoch's last step takes what is left of
+        the epoch (6 batches at accumulation 4: steps of 4 and 2)."""
+        if not self.batches_per_epoch:
+            return steps * self.accumulation
+        steps_per_epoch = -(-self.batches_per_epoch // self.accumulation)
+        epochs, rest = divmod(steps, steps_per_epoch)
+        return epochs * self.batches_per_epoch + rest * self.accumulation
+
     def _update(self, state) -> None:
-        done = state.global_step * self.accumulation + self.substeps
-        position = f"batch {done}/{state.max_steps * self.accumulation} | step {state.global_step}/{state.max_steps}"
+        done = self._batches(state.global_step) + self.substeps
+        position = f"batch {done}/{self._batches(state.max_steps)} | step {state.global_step}/{state.max_steps}"
         self.progress.update(self.task, completed=done, position=position)
 
     def on_substep_end(self, args, state, control, **kwargs) -> None:
