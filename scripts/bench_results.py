@@ -7,7 +7,8 @@ import platform
 import time
 from typing import Any
 
-RESULTS_DIR = "benchmarks/results"
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
+"""The repository's benchmarks/results/, wherever the script is run from."""
 
 
 def write_results(name: str, payload: dict[str, Any]) -> str:

@@ -15,8 +15,10 @@ Two modes, each printed with its ratios to raw vLLM:
 - `like-for-like`: the same engine settings in each server's spelling (dtype, context length, batch limit,
   eager or compiled): the serving layers compared, not the defaults.
 The servers run one at a time on a free loopback port, with the same model (the embedded default unless
---model_dir). Cold start to ready (/v1/models answers) is measured for each. Writes
-benchmarks/results/bench_serve-<time>.json.
+--model_dir). Cold start to ready (/v1/models answers) is measured for each. With --rounds N each server is started
+N times in alternating order (A B, B A, A B, ...: the server run second in a pair tends to lose on this machine) and
+the tables show each metric's median over the rounds, and each round's ratio beside it. Writes
+benchmarks/results/bench_serve-<time>.json (the medians, and every round under "rounds").
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,8 +121,8 @@ def run_benchmark(port: int, model: str, concurrency: int, args: argparse.Namesp
     return main(bench_args)
 
 
-def bench_server(server: str, mode: str, args: argparse.Namespace, log_dir: str) -> dict:
-    port, log_path = free_port(), os.path.join(log_dir, f"{mode}-{server}.log")
+def bench_server(server: str, mode: str, args: argparse.Namespace, log_dir: str, index: int = 0) -> dict:
+    port, log_path = free_port(), os.path.join(log_dir, f"{mode}-{server}-{index}.log")
     env = dict(os.environ)
     if mode == "like-for-like":  # the defaults mode leaves vLLM's KV cache size to each server, as a user would
         env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -145,19 +148,44 @@ def bench_server(server: str, mode: str, args: argparse.Namespace, log_dir: str)
             proc.kill()
 
 
+def median_result(rounds: list[dict]) -> dict:
+    """One server's rounds -> their median start time and median of each metric per concurrency (the rounds kept)."""
+    if len(rounds) == 1:
+        return rounds[0]
+    runs = {}
+    for c in rounds[0]["runs"]:
+        values = {key: [r["runs"][c][key] for r in rounds if r["runs"][c].get(key) is not None]
+                  for key in rounds[0]["runs"][c]}
+        runs[c] = {key: statistics.median(v) if v else None for key, v in values.items()}
+    return {"command": rounds[0]["command"], "startup_s": statistics.median(r["startup_s"] for r in rounds),
+            "runs": runs, "rounds": rounds}
+
+
+def ratio(run: dict, raw: dict | None, key: str) -> float | None:
+    return run[key] / raw[key] if raw and run.get(key) and raw.get(key) else None
+
+
 def print_table(mode: str, results: dict[str, dict], concurrency: list[int]) -> None:
+    rounds = max(len(result.get("rounds", [result])) for result in results.values()) if results else 1
     header = f"{'server':<12}{'conc':>5}{'start s':>9}" + "".join(f"{label:>13}" for _, label, _ in METRICS) + \
-        f"{'tok/s x vLLM':>14}{'TTFT x vLLM':>13}"
-    print(f"\n{mode}:\n{header}")
+        f"{'tok/s x vLLM':>14}{'TTFT x vLLM':>13}" + (f"  tok/s x vLLM by round" if rounds > 1 else "")
+    print(f"\n{mode}" + (f" (median of {rounds} rounds):" if rounds > 1 else ":") + f"\n{header}")
     for c in concurrency:
-        raw = results.get("vllm", {}).get("runs", {}).get(c)
+        raw_result = results.get("vllm")
+        raw = raw_result["runs"].get(c) if raw_result else None
         for server, result in results.items():
             run = result["runs"][c]
             cells = "".join(f"{run[key]:>13.{digits}f}" if run[key] is not None else f"{'-':>13}"
                             for key, _, digits in METRICS)
-            ratio = f"{run['output_throughput'] / raw['output_throughput']:>14.3f}" if raw else f"{'-':>14}"
-            ttft = f"{run['median_ttft_ms'] / raw['median_ttft_ms']:>13.3f}" if raw else f"{'-':>13}"
-            print(f"{server:<12}{c:>5}{result['startup_s']:>9.0f}{cells}{ratio}{ttft}")
+            line = f"{server:<12}{c:>5}{result['startup_s']:>9.0f}{cells}"
+            for key, width in (("output_throughput", 14), ("median_ttft_ms", 13)):
+                value = ratio(run, raw, key)
+                line += f"{value:>{width}.3f}" if value is not None else f"{'-':>{width}}"
+            if rounds > 1 and raw_result and server != "vllm":
+                pairs = zip(result.get("rounds", []), raw_result.get("rounds", []))
+                by_round = (ratio(mine["runs"][c], theirs["runs"][c], "output_throughput") for mine, theirs in pairs)
+                line += "  " + " ".join(f"{value:.3f}" if value is not None else "-" for value in by_round)
+            print(line)
 
 
 def main() -> None:
@@ -180,6 +208,8 @@ def main() -> None:
                         help="like-for-like")
     parser.add_argument("--model_dir", default=None, help="a HF checkpoint directory (default: the embedded model)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="start each server this many times in alternating order; the tables show medians")
     args = parser.parse_args()
     if args.model_dir is None:
         from swiftcli.model import embedded_model_dir
@@ -196,14 +226,18 @@ def main() -> None:
     results: dict[str, dict[str, dict]] = {mode: {} for mode in modes}
     with tempfile.TemporaryDirectory(prefix="bench_serve-") as log_dir:
         for mode in modes:
-            for server in servers:
-                try:
-                    results[mode][server] = bench_server(server, mode, args, log_dir)
-                except RuntimeError as e:  # the others still run and are reported
-                    print(f"[{mode}] {server}: failed: {e}", file=sys.stderr)
+            rounds: dict[str, list[dict]] = {server: [] for server in servers}
+            for index in range(args.rounds):
+                for server in servers if index % 2 == 0 else servers[::-1]:
+                    try:
+                        rounds[server].append(bench_server(server, mode, args, log_dir, index))
+                    except RuntimeError as e:  # the others still run and are reported
+                        print(f"[{mode}] {server}: failed: {e}", file=sys.stderr)
+            results[mode] = {server: median_result(runs) for server, runs in rounds.items()
+                             if runs}
     print(f"\nstreaming chats: {args.input_len} random prompt tokens -> {args.output_len} forced output tokens, "
           f"{args.prompts_per_concurrency} prompts per concurrency slot (at least {args.min_prompts}); "
-          f"like-for-like: {args.dtype}, enforce_eager {args.enforce_eager}")
+          f"like-for-like: {args.dtype}, enforce_eager {args.enforce_eager}; {args.rounds} round(s)")
     for mode in modes:
         print_table(mode, results[mode], args.concurrency)
     write_results("bench_serve", {"args": vars(args), "results": results})

@@ -39,6 +39,8 @@ from swiftcli.template import Encoded, Template
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings(r"ignore::Warning:gradio\.queueing")]
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "app-ui.png"
+"""The README's picture, taken by the two-turn test when SWIFT_UPDATE_SCREENSHOT=1 (else into the test's tmp_path,
+so a test run leaves the checkout as it was)."""
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
 MESSAGE_BOX = "#message textarea"
@@ -342,7 +344,7 @@ def test_header_names_the_model_template_and_backend(chat_page):
 
 
 @needs_browser
-def test_answer_streams_and_the_second_turn_uses_the_history(chat_page):
+def test_answer_streams_and_the_second_turn_uses_the_history(chat_page, tmp_path):
     record_replies(chat_page)
     send(chat_page, FRANCE)
     answer = wait_for_reply(chat_page, 1)
@@ -353,8 +355,9 @@ def test_answer_streams_and_the_second_turn_uses_the_history(chat_page):
     send(chat_page, GERMANY)
     assert "Berlin" in wait_for_reply(chat_page, 2)
     assert queries(chat_page) == [FRANCE, GERMANY]
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    chat_page.screenshot(path=str(SCREENSHOT))
+    screenshot = SCREENSHOT if os.environ.get("SWIFT_UPDATE_SCREENSHOT") == "1" else tmp_path / "app-ui.png"
+    chat_page.screenshot(path=str(screenshot))
+    assert screenshot.stat().st_size > 10_000
 
 
 @needs_browser

@@ -198,3 +198,28 @@ def test_static_cache_grows_past_its_first_length(engines):
 
 def test_lora_engine_keeps_the_eager_path(pt_engine):
     assert pt_engine.static is None
+
+
+def test_a_decode_step_writes_into_the_cache_in_place():
+    """The eager path's cache layer (pt_batch.PreallocatedLayer) keeps room ahead: a decode step writes its token
+    into the same buffer (no copy of the whole cache), and after the batch code replaces its tensors (rows leaving,
+    rows joining) it holds exactly what transformers' DynamicLayer would."""
+    import torch
+    from transformers.cache_utils import DynamicLayer
+
+    from swiftcli.engine.pt_batch import PreallocatedLayer
+
+    ours, theirs = PreallocatedLayer(), DynamicLayer()
+    steps = [torch.randn(3, 2, 5, 4)] + [torch.randn(3, 2, 1, 4) for _ in range(4)]
+    buffers = set()
+    for i, new in enumerate(steps):
+        if i == 3:  # a row leaves: the batch code selects the others' rows
+            for layer in (ours, theirs):
+                layer.batch_select_indices(torch.tensor([0, 2]))
+        if i >= 3:
+            new = new[:2]
+        keys, values = ours.update(new, -new)
+        expected_keys, expected_values = theirs.update(new, -new)
+        assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+        buffers.add(keys.untyped_storage().data_ptr())
+    assert len(buffers) == 2  # one buffer from the prefill, one after the rows changed: no copy per step

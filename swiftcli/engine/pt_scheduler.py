@@ -18,7 +18,7 @@ import torch
 from ..protocol import TokenLogprob
 from ..template import Template
 from .base import EngineInfo
-from .pt_batch import Batch, Row, merge, new_row, prefill_groups, prune, scores_prompt, spec
+from .pt_batch import Batch, Row, merge, new_cache, new_row, prefill_groups, prune, scores_prompt, spec
 from .sampling import apply_penalties, sample
 from .static_decode import StaticDecoder
 from .tensor_parallel import TpGroup
@@ -141,7 +141,8 @@ class Scheduler:
                             device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         scored = scores_prompt(rows[0])  # then it is the only row (prefill_groups)
-        logits, cache = self._forward(rows, ids, mask, positions, None, all_logits=scored)
+        logits, cache = self._forward(rows, ids, mask, positions, new_cache(self.model.config),
+                                      all_logits=scored)
         if scored:
             rows[0].prompt_logprobs = self._prompt_logprobs(rows[0], logits[0])
             logits = logits[:, -1]
