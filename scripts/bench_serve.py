@@ -8,7 +8,7 @@ dataset with a fixed seed and forced output lengths (--ignore-eos), through the 
     python scripts/bench_serve.py --mode defaults --servers swift-pt,ms-swift --msswift_python ~/msswift-venv/bin/python
     python scripts/bench_serve.py --mode like-for-like --concurrency 1 4 16 --input_len 256 --output_len 128
 
-Two modes, each printed with its ratios to raw vLLM:
+Two modes, each printed with its ratios to raw vLLM (to ms-swift when vLLM is not among the servers):
 - `defaults`: every server started exactly as a user would start it, with nothing but the model and the port
   (`python -m vllm.entrypoints.openai.api_server --model <dir>`, `swift deploy --model_id_or_path <dir>`, ms-swift
   with `--max_batch_size 16`, its only way to batch): what a user compares.
@@ -166,23 +166,25 @@ def ratio(run: dict, raw: dict | None, key: str) -> float | None:
 
 
 def print_table(mode: str, results: dict[str, dict], concurrency: list[int]) -> None:
+    """Each server's metrics and its ratios to raw vLLM's (to ms-swift's when vLLM did not run)."""
+    base = next((server for server in ("vllm", "ms-swift") if server in results), None)
     rounds = max(len(result.get("rounds", [result])) for result in results.values()) if results else 1
     header = f"{'server':<12}{'conc':>5}{'start s':>9}" + "".join(f"{label:>13}" for _, label, _ in METRICS) + \
-        f"{'tok/s x vLLM':>14}{'TTFT x vLLM':>13}" + (f"  tok/s x vLLM by round" if rounds > 1 else "")
+        f"{f'tok/s x {base}':>18}{f'TTFT x {base}':>17}" + (f"  tok/s x {base} by round" if rounds > 1 else "")
     print(f"\n{mode}" + (f" (median of {rounds} rounds):" if rounds > 1 else ":") + f"\n{header}")
     for c in concurrency:
-        raw_result = results.get("vllm")
-        raw = raw_result["runs"].get(c) if raw_result else None
+        base_result = results.get(base) if base else None
+        raw = base_result["runs"].get(c) if base_result else None
         for server, result in results.items():
             run = result["runs"][c]
             cells = "".join(f"{run[key]:>13.{digits}f}" if run[key] is not None else f"{'-':>13}"
                             for key, _, digits in METRICS)
             line = f"{server:<12}{c:>5}{result['startup_s']:>9.0f}{cells}"
-            for key, width in (("output_throughput", 14), ("median_ttft_ms", 13)):
+            for key, width in (("output_throughput", 18), ("median_ttft_ms", 17)):
                 value = ratio(run, raw, key)
                 line += f"{value:>{width}.3f}" if value is not None else f"{'-':>{width}}"
-            if rounds > 1 and raw_result and server != "vllm":
-                pairs = zip(result.get("rounds", []), raw_result.get("rounds", []))
+            if rounds > 1 and base_result and server != base:
+                pairs = zip(result.get("rounds", []), base_result.get("rounds", []))
                 by_round = (ratio(mine["runs"][c], theirs["runs"][c], "output_throughput") for mine, theirs in pairs)
                 line += "  " + " ".join(f"{value:.3f}" if value is not None else "-" for value in by_round)
             print(line)
