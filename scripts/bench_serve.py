@@ -8,7 +8,8 @@ dataset with a fixed seed and forced output lengths (--ignore-eos), through the 
     python scripts/bench_serve.py --mode defaults --servers swift-pt,ms-swift --msswift_python ~/msswift-venv/bin/python
     python scripts/bench_serve.py --mode like-for-like --concurrency 1 4 16 --input_len 256 --output_len 128
 
-Two modes, each printed with its ratios to raw vLLM (to ms-swift when vLLM is not among the servers):
+Two modes, each printed with its ratios to raw vLLM (to ms-swift when vLLM is not among the servers; no ratios
+when neither is):
 - `defaults`: every server started exactly as a user would start it, with nothing but the model and the port
   (`python -m vllm.entrypoints.openai.api_server --model <dir>`, `swift deploy --model_id_or_path <dir>`, ms-swift
   with `--max_batch_size 16`, its only way to batch): what a user compares.
@@ -211,7 +212,8 @@ def main() -> None:
     parser.add_argument("--model_dir", default=None, help="a HF checkpoint directory (default: the embedded model)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=1,
-                        help="start each server this many times in alternating order; the tables show medians")
+                        help="start each server this many times (default 1), the list of --servers reversed every "
+                             "other round; the tables show medians and each round's ratio")
     args = parser.parse_args()
     if args.model_dir is None:
         from swiftcli.model import embedded_model_dir
