@@ -169,9 +169,10 @@ def ratio(run: dict, raw: dict | None, key: str) -> float | None:
 def print_table(mode: str, results: dict[str, dict], concurrency: list[int]) -> None:
     """Each server's metrics and its ratios to raw vLLM's (to ms-swift's when vLLM did not run)."""
     base = next((server for server in ("vllm", "ms-swift") if server in results), None)
+    label = base or "none"  # no baseline ran: the ratio columns show "-"
     rounds = max(len(result.get("rounds", [result])) for result in results.values()) if results else 1
     header = f"{'server':<12}{'conc':>5}{'start s':>9}" + "".join(f"{label:>13}" for _, label, _ in METRICS) + \
-        f"{f'tok/s x {base}':>18}{f'TTFT x {base}':>17}" + (f"  tok/s x {base} by round" if rounds > 1 else "")
+        f"{f'tok/s x {label}':>18}{f'TTFT x {label}':>17}" + (f"  tok/s x {label} by round" if rounds > 1 else "")
     print(f"\n{mode}" + (f" (median of {rounds} rounds):" if rounds > 1 else ":") + f"\n{header}")
     for c in concurrency:
         base_result = results.get(base) if base else None
@@ -223,6 +224,8 @@ def main() -> None:
     unknown = set(servers) - set(SERVERS)
     if unknown:
         parser.error(f"unknown servers {sorted(unknown)}; choose from {SERVERS}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if "ms-swift" in servers and not args.msswift_python:
         parser.error("ms-swift needs --msswift_python (an environment with `pip install ms-swift==4.6.0`)")
 
